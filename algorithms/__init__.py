@@ -1,0 +1,1 @@
+"""Objective plugins and their registry."""

@@ -1,0 +1,1 @@
+"""Engine core: models, data, log-probs, training loop, checkpoints, logging, config."""
