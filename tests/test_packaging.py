@@ -1,0 +1,32 @@
+"""The install layout: everything under `alignkit`, no generic top-level names, CUDA compiled where nvcc is."""
+
+import shutil
+import subprocess
+import sys
+
+
+def _run_outside_repo(code: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_engine_and_algorithms_install_under_alignkit(tmp_path):
+    proc = _run_outside_repo("import alignkit.engine, alignkit.algorithms, alignkit._sampler; print('ok')", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_no_generic_top_level_packages_installed(tmp_path):
+    for name in ("engine", "algorithms", "tools", "benchmarks"):
+        proc = _run_outside_repo(f"import {name}", tmp_path)
+        assert proc.returncode != 0, f"a top-level package {name!r} is importable from site-packages"
+        assert "ModuleNotFoundError" in proc.stderr
+
+
+def test_cuda_kernels_compiled_when_a_cuda_compiler_is_present():
+    # The build compiles cpp/cuda/*.cu whenever CMake finds nvcc; this is CI's compile check.
+    import alignkit._sampler as ext
+
+    if shutil.which("nvcc") is None:
+        assert ext.has_cuda is False
+    else:
+        assert ext.has_cuda is True
