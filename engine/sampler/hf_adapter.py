@@ -1,0 +1,154 @@
+"""Drive any transformers decoder-only causal LM through the paged KV cache, without forking its code.
+
+How: transformers looks attention up by name (`config._attn_implementation`) in
+`AttentionInterface`, and forwards unknown keyword arguments of `model.forward` down to that
+attention function. We register `alignkit_paged` there (and a mask builder that builds no
+mask in `AttentionMaskInterface`: causality comes from the paged metadata), switch the model's
+configs to it only for the duration of one sampler forward, and pass the step's
+`PagedAttention` as the `alignkit_paged` keyword. `position_ids` carries each packed token's
+position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) makes the
+LM head run only on the rows that are sampled. Outside a sampler forward the model keeps
+its own attention (sdpa/eager/flash), so training is untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from .attention import PagedAttention
+
+ATTN_NAME = "alignkit_paged"
+_registered = False
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    """Mask builder for `alignkit_paged`: no dense mask, the kernel masks by position."""
+    return None
+
+
+def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                            value: torch.Tensor, attention_mask: torch.Tensor | None,
+                            dropout: float = 0.0, scaling: float | None = None,
+                            alignkit_paged: PagedAttention | None = None,
+                            **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """AttentionInterface function: q/k/v [1, heads, T, head_dim] -> out [1, T, heads, head_dim]."""
+    if alignkit_paged is None:
+        raise RuntimeError(
+            f"attention implementation {ATTN_NAME!r} was called without paged metadata: it is only "
+            "active inside alignkit Sampler forwards. Do not set it on a model yourself; if you run the "
+            "model from another thread while it samples, give that thread its own model copy.")
+    layer_idx = getattr(module, "layer_idx", None)
+    if layer_idx is None:
+        raise RuntimeError(
+            f"{type(module).__name__} has no `layer_idx`; the paged cache needs it to pick the layer's "
+            "K/V blocks. Wrap this model in an alignkit Runner instead.")
+    if query.shape[0] != 1:
+        raise RuntimeError(f"paged attention expects the packed batch dimension 1, got {query.shape[0]}")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    # [1, H, T, D] -> [T, H, D]: a free view for HF layouts that project to [T, H*D].
+    out = alignkit_paged.attend(layer_idx, query[0].transpose(0, 1), key[0].transpose(0, 1),
+                                value[0].transpose(0, 1), scale)
+    return out.unsqueeze(0), None
+
+
+def register_paged_attention() -> None:
+    """Register `alignkit_paged` with transformers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_NAME, paged_attention_forward)
+    AttentionMaskInterface.register(ATTN_NAME, _no_mask)
+    _registered = True
+
+
+def is_hf_causal_lm(model: object) -> bool:
+    """Whether `model` looks like a transformers PreTrainedModel we can drive (without importing transformers)."""
+    return hasattr(model, "config") and hasattr(model, "get_output_embeddings") \
+        and hasattr(model.config, "_attn_implementation_internal")
+
+
+class HFRunner:
+    """`Runner` over a transformers decoder-only causal LM, sharing its parameters (no copy)."""
+
+    def __init__(self, model: torch.nn.Module):
+        config = model.config
+        if getattr(config, "is_encoder_decoder", False):
+            raise TypeError(f"{type(model).__name__} is an encoder-decoder model; the sampler drives "
+                            "decoder-only causal LMs (e.g. LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel)")
+        if model.get_output_embeddings() is None:
+            raise TypeError(f"{type(model).__name__} has no LM head; pass the *ForCausalLM / *LMHeadModel "
+                            "class (e.g. AutoModelForCausalLM), not the bare base model")
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.model = model
+        self.num_layers = int(text_config.num_hidden_layers)
+        n_heads = int(text_config.num_attention_heads)
+        self.num_kv_heads = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
+        head_dim = getattr(text_config, "head_dim", None)
+        self.head_dim = int(head_dim) if head_dim else int(text_config.hidden_size) // n_heads
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        max_pos = getattr(text_config, "max_position_embeddings", None)
+        window = getattr(text_config, "sliding_window", None)
+        if getattr(text_config, "use_sliding_window", True) is False:
+            window = None
+        # Our kernel attends over the full context; with a sliding window that only equals the
+        # model's attention while the context fits in the window, so cap lengths there.
+        limits = [int(x) for x in (max_pos, window) if isinstance(x, int) and x > 0]
+        self.max_context: int | None = min(limits) if limits else None
+        # Every distinct config of the model and its sub-models (one attention switch each).
+        configs = {id(config): config}
+        for m in model.modules():
+            c = getattr(m, "config", None)
+            if c is not None and hasattr(c, "_attn_implementation_internal"):
+                configs.setdefault(id(c), c)
+        self._configs = list(configs.values())
+        params = inspect.signature(model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in params
+        register_paged_attention()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the model's parameters (the KV cache uses it)."""
+        return next(self.model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters (the KV cache lives there)."""
+        return next(self.model.parameters()).device
+
+    @contextmanager
+    def _paged_mode(self) -> Iterator[None]:
+        # Switch only for this forward and always restore, so a training forward between two
+        # sampler steps (e.g. while a `stream` is suspended) sees the model exactly as it was.
+        saved = [c._attn_implementation_internal for c in self._configs]
+        was_training = self.model.training
+        try:
+            for c in self._configs:
+                c._attn_implementation_internal = ATTN_NAME
+            if was_training:
+                self.model.eval()  # sampling is inference: no dropout
+            yield
+        finally:
+            for c, s in zip(self._configs, saved):
+                c._attn_implementation_internal = s
+            if was_training:
+                self.model.train()
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                attn: PagedAttention) -> torch.Tensor:
+        """One packed step through the HF model; float32 logits [R, vocab] for `attn.logits_indices`."""
+        kwargs: dict[str, Any] = dict(input_ids=input_ids.unsqueeze(0), position_ids=positions.unsqueeze(0),
+                                      use_cache=False, alignkit_paged=attn)
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = attn.logits_indices
+        with self._paged_mode():
+            logits = self.model(**kwargs).logits[0]
+        if not self._logits_to_keep:
+            logits = logits.index_select(0, attn.logits_indices)
+        return logits.float()

@@ -1,0 +1,97 @@
+"""The HF adapter: paged forwards equal full forwards, and the model is untouched afterwards."""
+
+import pytest
+import torch
+
+from alignkit.engine.sampler.hf_adapter import HFRunner
+from alignkit.engine.sampler.kv_cache import KVCache
+
+from . import torch_reference
+from .step_driver import plan_step
+from .tiny_models import VOCAB
+
+
+def _ops(name):
+    if name == "torch_reference":
+        return torch_reference
+    import alignkit._sampler as ext
+    return ext
+
+
+def _full_last_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0, -1].float()
+
+
+@pytest.mark.parametrize("ops_name", ["torch_reference", "cpp"])
+def test_paged_steps_match_full_forward_with_chunked_prefill_and_mixed_decode(any_model, ops_name):
+    ops = _ops(ops_name)
+    runner = HFRunner(any_model)
+    cache = KVCache.allocate(num_layers=runner.num_layers, num_kv_heads=runner.num_kv_heads,
+                             head_dim=runner.head_dim, num_blocks=3 * 4, block_size=4,
+                             dtype=runner.dtype, device=runner.device)
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (9, 5, 2)]
+    cached = [0, 0, 0]
+    # Step 1: seq 0 prefills 6 of its 9 tokens (a chunk), seq 1 prefills fully, seq 2 waits.
+    # Step 2: seq 0 finishes its prefill, seq 1 decodes, seq 2 prefills.  Steps 3-5: all decode.
+    schedule = [[(0, 6), (1, 5)], [(0, 3), (1, 1), (2, 2)], [(0, 1), (1, 1), (2, 1)],
+                [(0, 1), (1, 1), (2, 1)], [(2, 1), (0, 1)]]
+    for step in schedule:
+        feeds = []
+        for s, n in step:
+            if cached[s] + n > len(seqs[s]):  # decode: append the greedy token of the last step
+                seqs[s].append(int(next_tok[s]))
+            feeds.append((s, seqs[s][cached[s]:cached[s] + n], cached[s]))
+        ids, pos, attn = plan_step(cache, ops, feeds, max_blocks=4)
+        with torch.inference_mode():
+            logits = runner.forward(ids, pos, attn)
+        assert logits.shape == (len(step), VOCAB) and logits.dtype == torch.float32
+        next_tok = {}
+        for row, (s, n) in enumerate(step):
+            cached[s] += n
+            expected = _full_last_logits(any_model, seqs[s][:cached[s]])
+            torch.testing.assert_close(logits[row], expected, atol=2e-5, rtol=1e-5)
+            next_tok[s] = logits[row].argmax()
+
+
+def test_training_forward_after_paged_forward_is_unchanged(llama):
+    model = llama
+    model.train()
+    impl_before = model.config._attn_implementation
+    x = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5])
+
+    def train_forward():
+        model.zero_grad()
+        out = model(x, attention_mask=mask, labels=x)
+        out.loss.backward()
+        return out.logits.detach().clone(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    logits_a, grad_a = train_forward()
+    runner = HFRunner(model)
+    cache = KVCache.allocate(num_layers=runner.num_layers, num_kv_heads=runner.num_kv_heads,
+                             head_dim=runner.head_dim, num_blocks=4, block_size=4, dtype=runner.dtype,
+                             device=runner.device)
+    ids, pos, attn = plan_step(cache, torch_reference, [(0, [5, 6, 7], 0)], max_blocks=4)
+    with torch.inference_mode():
+        runner.forward(ids, pos, attn)
+    assert model.training, "the sampler must restore train mode"
+    assert model.config._attn_implementation == impl_before
+    logits_b, grad_b = train_forward()
+    model.zero_grad()
+    model.eval()
+    assert torch.equal(logits_a, logits_b)
+    assert torch.equal(grad_a, grad_b)
+
+
+def test_paged_attention_called_without_metadata_raises(llama):
+    from alignkit.engine.sampler.hf_adapter import paged_attention_forward
+    q = torch.zeros(1, 4, 3, 16)
+    with pytest.raises(RuntimeError, match="only active inside alignkit Sampler"):
+        paged_attention_forward(llama.model.layers[0].self_attn, q, q, q, None)
+
+
+def test_encoder_decoder_or_headless_model_is_rejected(llama):
+    with pytest.raises(TypeError, match="no LM head"):
+        HFRunner(llama.model)
