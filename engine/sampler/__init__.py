@@ -12,14 +12,8 @@ from .kv_cache import KVCache
 from .outputs import Sample, SampleGroup
 from .params import SamplingParams
 from .runner import Runner
+from .sampler import Sampler, SamplerStats
 
 __all__ = ["Sampler", "SamplingParams", "SampleGroup", "Sample", "Runner", "PagedAttention", "KVCache",
            "SamplerStats"]
 
-
-def __getattr__(name: str):
-    # The loop imports the C++ extension; keep it lazy so params/outputs work without a build.
-    if name in ("Sampler", "SamplerStats"):
-        from . import sampler as _sampler_mod
-        return getattr(_sampler_mod, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

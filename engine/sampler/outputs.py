@@ -22,7 +22,8 @@ class Sample:
     logprobs: list[float]
     raw_logprobs: list[float]
     finish_reason: FinishReason
-    sample_id: int = 0
+    sample_id: int = 0      # which of its prompt's n samples
+    prompt_index: int = 0   # which prompt (position in the generate/stream call)
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -1,0 +1,197 @@
+"""Rollout throughput: alignkit's Sampler vs transformers `generate` vs `generate_batch`, one JSON line.
+
+Same tiny random Llama (GQA), same group workload for all three systems: P prompts of varied
+length (L/2..L tokens), G samples each, temperature 1, completions ending on a set of stop
+tokens. The random model's next-token distribution is near uniform, so each step emits a stop
+token with probability ~ k/V: completion lengths are geometric (mean ~ V/k, capped at
+max_new_tokens) and vary per sample as in RL. The sampled tokens differ between systems (each
+has its own RNG) so we count, for every system, only the real tokens it produced (up to and
+including the stop token; `generate`'s padding after a finished row is not counted) and divide
+by its wall time. Also: our model FLOP/s (2 * matmul params * tokens + attention) as a fraction of
+a `torch.mm` peak measured in the same run.
+
+    python benchmarks/rollout.py [--prompts 16 --group 8 --prompt-len 64 --max-new 256 --threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def build_model(args):
+    """Tiny random Llama: the shapes of a small RL policy that is still CPU-trainable."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=2048,
+                      bos_token_id=0, eos_token_id=args.vocab - 1, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def gemm_peak_gflops(n: int = 1024, reps: int = 20) -> float:
+    """Best-of fp32 `torch.mm` GFLOP/s on this machine with the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def workload(args):
+    """Prompts (varied lengths, no stop tokens inside) and the stop-token set."""
+    g = torch.Generator().manual_seed(1)
+    stop = list(range(args.vocab - args.num_stop, args.vocab))
+    lens = torch.randint(args.prompt_len // 2, args.prompt_len + 1, (args.prompts,), generator=g).tolist()
+    prompts = [torch.randint(1, args.vocab - args.num_stop, (n,), generator=g).tolist() for n in lens]
+    return prompts, stop
+
+
+def real_len(tokens: list[int], stop: set[int]) -> int:
+    """Tokens up to and including the first stop token (the rest is padding)."""
+    for i, t in enumerate(tokens):
+        if t in stop:
+            return i + 1
+    return len(tokens)
+
+
+def run_ours(model, prompts, stop, args):
+    """alignkit Sampler; returns (real tokens, seconds, sampler stats)."""
+    from alignkit.engine.sampler import Sampler, SamplingParams
+
+    sampler = Sampler(model, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
+    params = SamplingParams(n=args.group, temperature=1.0, max_new_tokens=args.max_new, stop_token_ids=stop,
+                            seed=args.seed)
+    sampler.generate(prompts[:2], SamplingParams(n=2, max_new_tokens=8, seed=0))  # warm-up
+    t = time.perf_counter()
+    groups = sampler.generate(prompts, params)
+    dt = time.perf_counter() - t
+    lens = [len(s.token_ids) for g in groups for s in g.samples]
+    return sum(lens), dt, sampler.last_stats, lens
+
+
+def run_generate(model, prompts, stop, args):
+    """transformers `generate(num_return_sequences=G, do_sample=True)` on the left-padded batch."""
+    width = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.group,
+              max_new_tokens=args.max_new, eos_token_id=stop, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(ids[:2], attention_mask=mask[:2], **{**kw, "max_new_tokens": 8})  # warm-up
+        t = time.perf_counter()
+        out = model.generate(ids, attention_mask=mask, **kw)
+        dt = time.perf_counter() - t
+    s = set(stop)
+    lens = [real_len(row[width:].tolist(), s) for row in out]
+    return sum(lens), dt, lens
+
+
+def run_generate_batch(model, prompts, stop, args):
+    """transformers continuous batching (`generate_batch`, transformers >= 5)."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.group,
+                           max_new_tokens=args.max_new, eos_token_id=stop, pad_token_id=0)
+    warm = GenerationConfig(**{**cfg.to_dict(), "max_new_tokens": 8})
+    with torch.no_grad():
+        model.generate_batch(prompts[:2], generation_config=warm, progress_bar=False)
+        t = time.perf_counter()
+        out = model.generate_batch(prompts, generation_config=cfg, progress_bar=False)
+        dt = time.perf_counter() - t
+    s = set(stop)
+    lens = [real_len(list(o.generated_tokens), s) for o in out.values()]
+    return sum(lens), dt, lens
+
+
+def model_flops(model, prompts, lens_per_group, args) -> float:
+    """FLOPs of the work our sampler does: each prompt prefilled once, each sample's decode steps."""
+    head = model.get_output_embeddings().weight.numel()
+    emb = model.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - emb - head  # tied? then head==emb counted once
+    if model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+        body = sum(p.numel() for p in model.parameters()) - emb
+    d_attn = args.heads * (args.hidden // args.heads)
+    flops = 0.0
+    for p, lens in zip(prompts, lens_per_group):
+        L = len(p)
+        # prefill: L tokens through the body, 1 head row (sampled rows are counted with decode)
+        flops += 2 * body * L + args.layers * 4 * d_attn * (L * (L + 1) / 2)
+        for n in lens:
+            fwd = n - 1  # the last sampled token is never fed back
+            flops += 2 * body * fwd + 2 * head * n
+            # decode token at position L + j attends over L + j + 1 keys
+            flops += args.layers * 4 * d_attn * sum(L + j + 1 for j in range(fwd))
+    return flops
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--max-new", type=int, default=256)
+    ap.add_argument("--num-stop", type=int, default=32, help="stop-token set size k (mean length ~ vocab / k)")
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-batched-tokens", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+    transformers.logging.set_verbosity_error()
+
+    model = build_model(args)
+    prompts, stop = workload(args)
+    peak = gemm_peak_gflops()
+    ours_tok, ours_s, stats, ours_lens = run_ours(model, prompts, stop, args)
+    groups = [ours_lens[i * args.group:(i + 1) * args.group] for i in range(args.prompts)]
+    flops = model_flops(model, prompts, groups, args)
+    res = dict(
+        model=f"llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} vocab={args.vocab}",
+        params=sum(p.numel() for p in model.parameters()), prompts=args.prompts, group=args.group,
+        prompt_len=f"{args.prompt_len // 2}-{args.prompt_len}", max_new_tokens=args.max_new,
+        stop_tokens=args.num_stop, threads=args.threads, torch=torch.__version__,
+        transformers=transformers.__version__,
+        ours_tokens=ours_tok, ours_s=round(ours_s, 3), ours_tok_s=round(ours_tok / ours_s, 1),
+        ours_mean_len=round(ours_tok / len(ours_lens), 1), ours_steps=stats.steps,
+        ours_forward_share=round(stats.forward_seconds / stats.seconds, 3),
+        gemm_peak_gflops=round(peak, 1), ours_gflops=round(flops / ours_s / 1e9, 2),
+        flops_fraction=round(flops / ours_s / 1e9 / peak, 3),
+    )
+    if not args.skip_baselines:
+        gen_tok, gen_s, gen_lens = run_generate(model, prompts, stop, args)
+        gb_tok, gb_s, gb_lens = run_generate_batch(model, prompts, stop, args)
+        res.update(
+            generate_tokens=gen_tok, generate_s=round(gen_s, 3), generate_tok_s=round(gen_tok / gen_s, 1),
+            generate_mean_len=round(gen_tok / len(gen_lens), 1),
+            generate_batch_tokens=gb_tok, generate_batch_s=round(gb_s, 3),
+            generate_batch_tok_s=round(gb_tok / gb_s, 1), generate_batch_mean_len=round(gb_tok / len(gb_lens), 1),
+            speedup_vs_generate=round((ours_tok / ours_s) / (gen_tok / gen_s), 2),
+            speedup_vs_generate_batch=round((ours_tok / ours_s) / (gb_tok / gb_s), 2),
+        )
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
