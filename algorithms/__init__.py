@@ -4,7 +4,7 @@ from .base import ModelOutputs, Needs, Objective, Rollouts
 from .registry import get_objective, list_objectives, register
 
 # Built-in objectives register themselves on import.
-from . import sft  # noqa: E402,F401  isort: skip
+from . import dpo, kto, orpo, reward_model, sft, simpo  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ModelOutputs",

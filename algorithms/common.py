@@ -37,8 +37,13 @@ def log_ratio(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012: log(-expm1) near 0, log1p(-exp) below -log 2)."""
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """log(1 - exp(x)) for x < 0, accurate at both ends (Maechler 2012: log(-expm1(x)) near 0, log1p(-exp(x)) below)."""
+    cut = -0.6931471805599453  # -log 2
+    # Each branch sees only its own range, so the branch torch.where discards cannot produce
+    # inf/NaN gradients (0 * inf) near x = 0.
+    near_zero = torch.log(-torch.expm1(x.clamp(min=cut)))
+    far = torch.log1p(-torch.exp(x.clamp(max=cut)))
+    return torch.where(x > cut, near_zero, far)
 
 
 def kl_penalty(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:
