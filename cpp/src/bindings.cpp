@@ -1,3 +1,19 @@
+// The extension module alignkit._sampler: kernels (bind_kernels.cpp) and the
+// allocator/scheduler classes (bind_scheduler.cpp).
 #include <nanobind/nanobind.h>
+
 namespace nb = nanobind;
-NB_MODULE(_sampler, m) { m.doc() = "alignkit rollout sampler (placeholder)"; m.attr("has_cuda") = false; }
+
+namespace alignkit {
+void bind_kernels(nb::module_& m);
+}
+
+NB_MODULE(_sampler, m) {
+  m.doc() = "alignkit rollout sampler: paged KV-cache kernels, sampling, block allocator and scheduler";
+#if defined(ALIGNKIT_WITH_CUDA)
+  m.attr("has_cuda") = true;
+#else
+  m.attr("has_cuda") = false;
+#endif
+  alignkit::bind_kernels(m);
+}

@@ -1,0 +1,143 @@
+// CPU sampling kernel (rules and order of operations in sampling.h).
+#include "alignkit/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "alignkit/rng.h"
+#include "alignkit/thread_pool.h"
+
+namespace alignkit {
+namespace {
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+/// log(sum(exp(x - m))) + m over n values, accumulated in double.
+double logsumexp(const float* x, int64_t n, float m) {
+  if (std::isinf(m) && m < 0) return -INFINITY;
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - m);
+  return static_cast<double>(m) + std::log(s);
+}
+
+/// z-threshold for top-p on the kept set {i : z[i] >= tz}: keep i iff the mass of strictly
+/// more probable kept tokens is < top_p * (kept mass). Sorts only a growing top slice.
+float top_p_threshold(const std::vector<float>& z, const std::vector<double>& w, float tz, double top_p) {
+  std::vector<std::pair<float, double>> cand;  // (z, weight) of kept tokens
+  double total = 0.0;
+  for (size_t i = 0; i < z.size(); ++i)
+    if (z[i] >= tz) {
+      cand.emplace_back(z[i], w[i]);
+      total += w[i];
+    }
+  const double limit = top_p * total;
+  const size_t n = cand.size();
+  auto desc = [](const std::pair<float, double>& a, const std::pair<float, double>& b) { return a.first > b.first; };
+  for (size_t m = std::min<size_t>(64, n);; m = std::min(n, m * 4)) {
+    std::partial_sort(cand.begin(), cand.begin() + m, cand.end(), desc);
+    double before = 0.0;  // mass of entries strictly before index i (all strictly greater at a group start)
+    for (size_t i = 0; i < m; ++i) {
+      if (i > 0 && cand[i].first != cand[i - 1].first && before >= limit) return cand[i - 1].first;
+      before += cand[i].second;
+    }
+    if (m == n) return tz;  // every level is needed
+  }
+}
+
+void sample_row(const SampleArgs& a, int64_t r) {
+  const int64_t V = a.logits.shape[1];
+  const float* x = a.logits.ptr<float>() + r * V;
+  const float T = a.temperature.ptr<float>()[r];
+  float m = -INFINITY;
+  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);
+  const double lse1 = logsumexp(x, V, m);
+  int64_t tok = 0;
+  float lp;
+  if (T == 0.f) {  // greedy: first index of the maximum; log-probs reported at T = 1
+    while (tok < V - 1 && !(x[tok] == m)) ++tok;
+    lp = static_cast<float>(x[tok] - lse1);
+  } else {
+    thread_local std::vector<float> z;
+    thread_local std::vector<double> w;
+    z.resize(V);
+    w.resize(V);
+    for (int64_t i = 0; i < V; ++i) z[i] = x[i] / T;
+    const float mz = m / T;
+    double sum = 0.0;
+    for (int64_t i = 0; i < V; ++i) sum += (w[i] = std::exp(static_cast<double>(z[i]) - mz));
+    const double lseT = mz + std::log(sum);
+
+    // Every filter keeps an upper set of z, so the kept set is {i : z[i] >= tz}.
+    float tz = -INFINITY;
+    const float min_p = a.min_p.ptr<float>()[r];
+    if (min_p > 0.f) tz = static_cast<float>(mz + std::log(static_cast<double>(min_p)));
+    tz = std::min(tz, mz);  // the argmax always survives (guards rounding at min_p = 1)
+    const int64_t k = a.top_k.ptr<int32_t>()[r];
+    if (k > 0 && k < V) {
+      thread_local std::vector<float> tmp;
+      tmp.clear();
+      for (int64_t i = 0; i < V; ++i)
+        if (z[i] >= tz) tmp.push_back(z[i]);
+      if (k < static_cast<int64_t>(tmp.size())) {
+        std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+        tz = std::max(tz, tmp[k - 1]);
+      }
+    }
+    const float top_p = a.top_p.ptr<float>()[r];
+    if (top_p < 1.f) tz = std::max(tz, top_p_threshold(z, w, tz, static_cast<double>(top_p)));
+
+    double kept = 0.0;
+    int64_t last = 0;
+    for (int64_t i = 0; i < V; ++i)
+      if (z[i] >= tz) {
+        kept += w[i];
+        last = i;
+      }
+    const double target = counter_uniform(a.seeds.ptr<int64_t>()[r], a.sample_ids.ptr<int64_t>()[r],
+                                           a.positions.ptr<int64_t>()[r]) * kept;
+    double cum = 0.0;
+    tok = last;  // rounding fallback
+    for (int64_t i = 0; i < V; ++i)
+      if (z[i] >= tz) {
+        cum += w[i];
+        if (cum > target) {
+          tok = i;
+          break;
+        }
+      }
+    lp = static_cast<float>(z[tok] - lseT);
+  }
+  a.out_tokens.ptr<int64_t>()[r] = tok;
+  a.out_logprobs.ptr<float>()[r] = lp;
+  a.out_raw_logprobs.ptr<float>()[r] = static_cast<float>(x[tok] - lse1);
+}
+
+}  // namespace
+
+void check_sampling_params(const SampleArgs& a) {
+  const int64_t R = a.logits.shape[0];
+  const float* t = a.temperature.ptr<float>();
+  const int32_t* k = a.top_k.ptr<int32_t>();
+  const float* p = a.top_p.ptr<float>();
+  const float* mp = a.min_p.ptr<float>();
+  for (int64_t r = 0; r < R; ++r) {
+    const std::string row = "[" + std::to_string(r) + "]";
+    if (!(t[r] >= 0.f) || std::isinf(t[r]))
+      bad("sample: temperature" + row + " = " + std::to_string(t[r]) + "; expected a finite value >= 0 (0 = greedy)");
+    if (k[r] < 0) bad("sample: top_k" + row + " = " + std::to_string(k[r]) + "; expected >= 0 (0 = off)");
+    if (!(p[r] > 0.f && p[r] <= 1.f))
+      bad("sample: top_p" + row + " = " + std::to_string(p[r]) + "; expected 0 < top_p <= 1 (1 = off)");
+    if (!(mp[r] >= 0.f && mp[r] <= 1.f))
+      bad("sample: min_p" + row + " = " + std::to_string(mp[r]) + "; expected 0 <= min_p <= 1 (0 = off)");
+  }
+}
+
+void sample_cpu(const SampleArgs& a) {
+  check_sampling_params(a);
+  parallel_for(a.logits.shape[0], [&](int64_t r) { sample_row(a, r); });
+}
+
+}  // namespace alignkit
