@@ -1,0 +1,97 @@
+"""A seed fixes the samples whatever the batch size or KV budget (even with preemption)."""
+
+import pytest
+import torch
+
+from alignkit.engine.sampler import Sampler, SamplingParams
+
+from .tiny_models import VOCAB
+
+PARAMS = SamplingParams(n=4, temperature=1.0, top_k=40, top_p=0.95, min_p=0.01, max_new_tokens=20, seed=123)
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9, 18)]
+
+
+def _flat(groups):
+    return [(g.prompt_index, s.sample_id, s.token_ids, s.logprobs, s.finish_reason)
+            for g in groups for s in g.samples]
+
+
+@pytest.fixture(scope="module")
+def reference(llama):
+    return _flat(Sampler(llama, block_size=4, max_num_seqs=64).generate(_prompts(), PARAMS))
+
+
+@pytest.mark.parametrize("config", [
+    dict(max_num_seqs=1, max_num_batched_tokens=5),   # one sequence at a time, prefill in chunks of 5
+    dict(max_num_seqs=7, max_num_batched_tokens=32),
+    dict(max_num_seqs=64, max_num_batched_tokens=2048),
+    dict(max_num_seqs=64, kv_cache_tokens=48),         # 12 blocks of 4 for 20 sequences: preempts
+], ids=["bs1", "bs7", "bs64", "tiny_kv"])
+def test_same_seed_same_samples_across_batch_sizes_and_preemption(llama, reference, config):
+    sampler = Sampler(llama, block_size=4, **config)
+    got = _flat(sampler.generate(_prompts(), PARAMS))
+    assert len(got) == len(reference) == 5 * 4
+    for (pi, si, toks, lps, fr), (rpi, rsi, rtoks, rlps, rfr) in zip(got, reference):
+        assert (pi, si, toks, fr) == (rpi, rsi, rtoks, rfr)
+        torch.testing.assert_close(torch.tensor(lps), torch.tensor(rlps), atol=1e-5, rtol=0)
+    if "kv_cache_tokens" in config:
+        assert sampler.last_stats.preemptions > 0, "the tiny KV budget was meant to force preemption"
+    else:
+        assert sampler.last_stats.preemptions == 0
+    assert sampler.last_stats.max_batch_seqs <= config["max_num_seqs"]
+
+
+def test_samples_of_a_group_differ_and_a_new_seed_changes_them(llama, reference):
+    by_prompt0 = [toks for pi, _, toks, _, _ in reference if pi == 0]
+    assert len({tuple(t) for t in by_prompt0}) > 1, "the 4 samples of one prompt should not all coincide"
+    other = _flat(Sampler(llama, block_size=4).generate(_prompts(), PARAMS.__class__(
+        **{**PARAMS.__dict__, "seed": 124})))
+    assert [t for _, _, t, _, _ in other] != [t for _, _, t, _, _ in reference]
+
+
+def test_stream_yields_every_sample_once_matching_generate(llama, reference):
+    sampler = Sampler(llama, block_size=4, max_num_seqs=5)
+    streamed = list(sampler.stream(_prompts(), PARAMS))
+    keys = [(s.prompt_index, s.sample_id) for s in streamed]
+    assert sorted(keys) == sorted((pi, si) for pi, si, *_ in reference) and len(set(keys)) == len(keys)
+    ref = {(pi, si): toks for pi, si, toks, _, _ in reference}
+    assert all(s.token_ids == ref[(s.prompt_index, s.sample_id)] for s in streamed)
+
+
+def test_stop_token_and_stop_sequence_end_the_sample_and_are_kept(llama):
+    prompt = _prompts()[1]
+    free = Sampler(llama).generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=12))[0].samples[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 12
+    toks = free.token_ids
+    stop_tok = toks[5]
+    cut = toks[: toks.index(stop_tok) + 1]
+    s = Sampler(llama).generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=12,
+                                                         stop_token_ids=[stop_tok]))[0].samples[0]
+    assert s.token_ids == cut and s.finish_reason == "stop"
+    seq = toks[6:8]
+    first = next(i for i in range(len(toks) - 1) if toks[i:i + 2] == seq)
+    s = Sampler(llama).generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=12,
+                                                         stop_sequences=[seq]))[0].samples[0]
+    assert s.token_ids == toks[: first + 2] and s.finish_reason == "stop"
+
+
+def test_next_generate_sees_updated_weights(llama):
+    prompt = _prompts()[0]
+    sampler = Sampler(llama)
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    before = sampler.generate([prompt], params)[0].samples[0]
+    head = llama.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head[7] += 100.0  # token 7 now dominates every step
+        after = sampler.generate([prompt], params)[0].samples[0]
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    assert before.token_ids != [7] * 6
+    assert after.token_ids == [7] * 6
