@@ -8,8 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-torch.set_num_threads(2)
-
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<user>", "<assistant>", "<system>"]
 WORDS = ("0 1 2 3 4 5 6 7 8 9 + = ? . , yes no good bad the cat dog sat on mat hello hi what is "
          "plus equals answer question a b c d e f g h i j k l m n o p q r s t u v w x y z").split()
