@@ -1,0 +1,57 @@
+"""Reference log-probs are computed once before training; the reference model is gone during training."""
+
+from __future__ import annotations
+
+import json
+import math
+import weakref
+
+import pytest
+
+from alignkit.engine import models
+from alignkit.engine import trainer as trainer_mod
+from alignkit.engine.config import load_config
+from alignkit.engine.trainer import train
+
+from .helpers import base_overrides, preference_rows, sft_rows, write_jsonl
+
+
+def test_reference_is_released_before_the_first_training_forward(tmp_path, tiny_lm, monkeypatch):
+    data = write_jsonl(tmp_path / "p.jsonl", preference_rows(8))
+    refs = []
+    real_load, real_forward = models.load_reference, trainer_mod.compute_outputs
+
+    def tracked_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        refs.append(weakref.ref(model))
+        return model
+
+    forwards = {"n": 0}
+
+    def checked_forward(*args, **kwargs):
+        forwards["n"] += 1
+        assert refs and all(r() is None for r in refs), "reference model still alive during training"
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_reference", tracked_load)
+    monkeypatch.setattr(trainer_mod, "compute_outputs", checked_forward)
+    cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / "out", data, "dpo",
+                                           **{"train.max_steps": 2, "output.tensorboard": False}))
+    result = train(cfg)
+    assert len(refs) == 1 and forwards["n"] == 2
+    # Policy == reference at step 1, so the cached reference log-probs make the DPO loss exactly
+    # -log sigmoid(0) = log 2 (a stale or wrong cache would shift it).
+    first = json.loads((result.output_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_objectives_without_a_reference_never_load_one(tmp_path, tiny_lm, monkeypatch):
+    data = write_jsonl(tmp_path / "s.jsonl", sft_rows(8))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("sft declared no reference model")
+
+    monkeypatch.setattr(models, "load_reference", forbidden)
+    cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / "out", data, "sft",
+                                           **{"train.max_steps": 1, "output.tensorboard": False}))
+    assert train(cfg).steps == 1
