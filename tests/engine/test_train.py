@@ -100,3 +100,23 @@ def test_cli_help_lists_sections_and_every_algorithm(capsys):
     for name in list_objectives():
         assert f"  {name}:" in text
     assert "algo.beta = 0.1" in text  # DPO's default
+
+
+def _offline_objectives():
+    from alignkit.algorithms import list_objectives
+
+    return sorted(n for n, cls in list_objectives().items() if cls.needs.rollouts is None)
+
+
+@pytest.mark.parametrize("name", _offline_objectives())
+def test_every_offline_objective_trains_through_the_engine(tmp_path, tiny_lm, name):
+    from alignkit.algorithms import get_objective
+
+    fmt = get_objective(name).needs.data
+    data = write_jsonl(tmp_path / "d.jsonl", sft_rows(8) if fmt == "sft" else preference_rows(8))
+    cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / "out", data, name, **{
+        "train.max_steps": 2, "data.eval": str(data), "output.tensorboard": False}))
+    result = train(cfg)
+    assert result.steps == 2
+    assert all(v == v and abs(v) < 1e6 for v in result.eval_metrics.values())  # finite, not NaN
+    assert "loss" in result.eval_metrics and "grad_norm" in result.train_metrics
