@@ -6,6 +6,7 @@ namespace nb = nanobind;
 
 namespace alignkit {
 void bind_kernels(nb::module_& m);
+void bind_scheduler(nb::module_& m);
 }
 
 NB_MODULE(_sampler, m) {
@@ -16,4 +17,5 @@ NB_MODULE(_sampler, m) {
   m.attr("has_cuda") = false;
 #endif
   alignkit::bind_kernels(m);
+  alignkit::bind_scheduler(m);
 }
