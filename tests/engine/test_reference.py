@@ -55,3 +55,20 @@ def test_objectives_without_a_reference_never_load_one(tmp_path, tiny_lm, monkey
     cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / "out", data, "sft",
                                            **{"train.max_steps": 1, "output.tensorboard": False}))
     assert train(cfg).steps == 1
+
+
+def test_sft_format_objectives_get_cached_ref_logps(tmp_path, tiny_lm):
+    plugin = tmp_path / "kl_sft.py"
+    plugin.write_text(
+        "from alignkit.algorithms import Objective, Needs\n"
+        "class KLSFT(Objective):\n"
+        "    needs = Needs(data='sft', reference=True, logps='mean')\n"
+        "    def loss(self, batch, out):\n"
+        "        gap = (out.logps - out.ref_logps).abs().max()\n"
+        "        return -out.logps.mean(), {'ref_gap': gap.detach()}\n")
+    data = write_jsonl(tmp_path / "s.jsonl", sft_rows(8))
+    cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / "out", data, f"{plugin}:KLSFT", **{
+        "train.max_steps": 3, "output.tensorboard": False}))
+    lines = [json.loads(x) for x in (train(cfg).output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["ref_gap"] < 1e-5  # step 1: policy == reference, same mean log-probs
+    assert lines[-1]["ref_gap"] > 1e-3  # the policy moved away; the cached values did not
