@@ -198,18 +198,28 @@ class Sampler:
         cache = self._ensure_cache(prompts, plist)
         sched = ops.Scheduler(cache.num_blocks, self.block_size, self.max_num_seqs, self.max_num_batched_tokens)
         base_seed = None
+        # The scheduler forks a group into n running sequences at once, so a group larger than
+        # max_num_seqs is split into chunks (each prefilled once). Chunks keep the prompt's seed
+        # and offset their sample ids, so the draws do not depend on the split.
+        chunk_prompt, chunk_offset = [], []
         for i, (p, sp) in enumerate(zip(prompts, plist)):
             if sp.seed is None and base_seed is None:
                 # Follows torch.manual_seed, so seeded training runs reproduce their rollouts.
                 base_seed = int(torch.randint(0, 2**62, (1,)))
             seed = _mix_seed(sp.seed if sp.seed is not None else base_seed, i)
-            sched.add_group(i, p, sp.n, sp.max_new_tokens, list(sp.stop_token_ids),
-                            [list(s) for s in sp.stop_sequences], seed)
-        # Per-group sampling settings, gathered per row with the plan's group ids.
-        temperature = torch.tensor([sp.temperature for sp in plist], dtype=torch.float32)
-        top_k = torch.tensor([sp.top_k for sp in plist], dtype=torch.int32)
-        top_p = torch.tensor([sp.top_p for sp in plist], dtype=torch.float32)
-        min_p = torch.tensor([sp.min_p for sp in plist], dtype=torch.float32)
+            for off in range(0, sp.n, self.max_num_seqs):
+                sched.add_group(len(chunk_prompt), p, min(self.max_num_seqs, sp.n - off), sp.max_new_tokens,
+                                list(sp.stop_token_ids), [list(s) for s in sp.stop_sequences], seed)
+                chunk_prompt.append(i)
+                chunk_offset.append(off)
+        # Per-chunk sampling settings, gathered per row with the plan's group (chunk) ids.
+        chunk_params = [plist[i] for i in chunk_prompt]
+        temperature = torch.tensor([sp.temperature for sp in chunk_params], dtype=torch.float32)
+        top_k = torch.tensor([sp.top_k for sp in chunk_params], dtype=torch.int32)
+        top_p = torch.tensor([sp.top_p for sp in chunk_params], dtype=torch.float32)
+        min_p = torch.tensor([sp.min_p for sp in chunk_params], dtype=torch.float32)
+        offsets = torch.tensor(chunk_offset, dtype=torch.int64)
+        split = any(o > 0 for o in chunk_offset)
         device = cache.k[0].device
         on_cuda = device.type == "cuda"
         stats = SamplerStats()
@@ -251,7 +261,8 @@ class Sampler:
                     raw = torch.empty(rows, dtype=torch.float32, device=device)
                     row_args = [temperature[gid], top_k[gid], top_p[gid], min_p[gid],
                                 _as_tensor(plan.sample_seeds, torch.int64),
-                                _as_tensor(plan.sample_ids, torch.int64),
+                                (_as_tensor(plan.sample_ids, torch.int64) + offsets[gid]) if split
+                                else _as_tensor(plan.sample_ids, torch.int64),
                                 _as_tensor(plan.sample_positions, torch.int64)]
                     if on_cuda:
                         row_args = [a.to(device) for a in row_args]
@@ -266,7 +277,8 @@ class Sampler:
                     for f in finished:
                         yield Sample(token_ids=list(f.token_ids), logprobs=list(f.logprobs),
                                      raw_logprobs=list(f.raw_logprobs), finish_reason=f.finish_reason,
-                                     sample_id=int(f.sample_id), prompt_index=int(f.group_id))
+                                     sample_id=int(f.sample_id) + chunk_offset[f.group_id],
+                                     prompt_index=chunk_prompt[f.group_id])
         finally:
             stats.preemptions = int(getattr(sched, "num_preemptions", 0))
             stats.seconds = time.perf_counter() - t_start

@@ -17,7 +17,7 @@ params = SamplingParams(n=4, temperature=0.8, max_new_tokens=16, stop_token_ids=
 for step in range(2):
     groups = sampler.generate([[1, 5, 9], [1, 7, 3, 3]], params)   # 2 prompts x 4 samples
     for g in groups:
-        rewards = torch.tensor([float(len(s.token_ids)) for s in g.samples])  # toy reward
+        rewards = torch.tensor([sum(t % 2 == 0 for t in s.token_ids) / 16 for s in g.samples])  # toy
         for s, adv in zip(g.samples, rewards - rewards.mean()):              # GRPO-style advantage
             ids = torch.tensor([g.prompt_token_ids + s.token_ids])
             logits = policy(ids).logits[0, len(g.prompt_token_ids) - 1:-1] / params.temperature

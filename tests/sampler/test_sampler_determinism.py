@@ -7,12 +7,12 @@ from alignkit.engine.sampler import Sampler, SamplingParams
 
 from .tiny_models import VOCAB
 
-PARAMS = SamplingParams(n=4, temperature=1.0, top_k=40, top_p=0.95, min_p=0.01, max_new_tokens=20, seed=123)
+PARAMS = SamplingParams(n=3, temperature=1.0, top_k=40, top_p=0.95, min_p=0.01, max_new_tokens=14, seed=123)
 
 
 def _prompts():
     g = torch.Generator().manual_seed(3)
-    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9, 18)]
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9)]
 
 
 def _flat(groups):
@@ -26,15 +26,15 @@ def reference(llama):
 
 
 @pytest.mark.parametrize("config", [
-    dict(max_num_seqs=1, max_num_batched_tokens=5),   # one sequence at a time, prefill in chunks of 5
-    dict(max_num_seqs=7, max_num_batched_tokens=32),
+    dict(max_num_seqs=1, max_num_batched_tokens=5),   # one sequence at a time (groups split), prefill chunks of 5
+    dict(max_num_seqs=7, max_num_batched_tokens=16),
     dict(max_num_seqs=64, max_num_batched_tokens=2048),
-    dict(max_num_seqs=64, kv_cache_tokens=48),         # 12 blocks of 4 for 20 sequences: preempts
+    dict(max_num_seqs=64, kv_cache_tokens=48),         # 12 blocks of 4 for 12 sequences: preempts
 ], ids=["bs1", "bs7", "bs64", "tiny_kv"])
 def test_same_seed_same_samples_across_batch_sizes_and_preemption(llama, reference, config):
     sampler = Sampler(llama, block_size=4, **config)
     got = _flat(sampler.generate(_prompts(), PARAMS))
-    assert len(got) == len(reference) == 5 * 4
+    assert len(got) == len(reference) == 4 * 3
     for (pi, si, toks, lps, fr), (rpi, rsi, rtoks, rlps, rfr) in zip(got, reference):
         assert (pi, si, toks, fr) == (rpi, rsi, rtoks, rfr)
         torch.testing.assert_close(torch.tensor(lps), torch.tensor(rlps), atol=1e-5, rtol=0)
@@ -88,10 +88,10 @@ def test_next_generate_sees_updated_weights(llama):
     saved = head.detach().clone()
     try:
         with torch.no_grad():
-            head[7] += 100.0  # token 7 now dominates every step
+            head.zero_()  # all logits 0: greedy takes the lowest id on ties, token 0, every step
         after = sampler.generate([prompt], params)[0].samples[0]
     finally:
         with torch.no_grad():
             head.copy_(saved)
-    assert before.token_ids != [7] * 6
-    assert after.token_ids == [7] * 6
+    assert before.token_ids != [0] * 6
+    assert after.token_ids == [0] * 6

@@ -34,7 +34,7 @@ def test_params_mismatch_and_wrong_type_raise(sampler):
     with pytest.raises(TypeError, match=r"params must be a SamplingParams"):
         sampler.generate([[5]], {"n": 2})
     with pytest.raises(ValueError, match=r"stop token id 500 is outside the vocabulary"):
-        sampler.generate([[5]], SamplingParams(stop_token_ids=[500]))
+        sampler.generate([[5]], SamplingParams(max_new_tokens=8, stop_token_ids=[500]))
 
 
 def test_bad_sampler_config_and_models_raise(llama):
