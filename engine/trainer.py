@@ -170,6 +170,8 @@ def train(cfg: Any) -> TrainResult:
         scheduler.load_state_dict(state["scheduler"])
         stream.load_state_dict(state["data"])
         step = int(state["step"])
+        if state.get("objective") != cfg.algo.name:
+            log.warning("resuming a %r checkpoint with algo.name=%r", state.get("objective"), cfg.algo.name)
         ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", resume_from, step)
 

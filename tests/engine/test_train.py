@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import transformers as tf
 
 from alignkit.engine.cli import main
@@ -120,3 +121,36 @@ def test_every_offline_objective_trains_through_the_engine(tmp_path, tiny_lm, na
     assert result.steps == 2
     assert all(v == v and abs(v) < 1e6 for v in result.eval_metrics.values())  # finite, not NaN
     assert "loss" in result.eval_metrics and "grad_norm" in result.train_metrics
+
+
+def test_bf16_autocast_and_bf16_weights_train_on_cpu(tmp_path, tiny_lm):
+    data = write_jsonl(tmp_path / "s.jsonl", sft_rows(8))
+    cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / "out", data, "sft", **{
+        "train.max_steps": 2, "train.mixed_precision": "bf16", "model.dtype": "bfloat16",
+        "output.tensorboard": False, "output.save_final": True}))
+    result = train(cfg)
+    assert 3.0 < result.train_metrics["loss"] < 6.0  # ~ln(66) at random init, finite in bf16
+    assert tf.AutoModelForCausalLM.from_pretrained(result.final_dir).dtype == torch.bfloat16
+
+
+def test_cli_without_arguments_runs_the_builtin_task(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("alignkit.engine.task.recipe")
+    fake.main = lambda overrides: calls.append(list(overrides)) or 0
+    monkeypatch.setitem(sys.modules, "alignkit.engine.task.recipe", fake)
+    assert main([]) == 0 and main(["task.steps=3", "train.lr=1e-3"]) == 0
+    assert calls == [[], ["task.steps=3", "train.lr=1e-3"]]
+
+
+def test_tools_train_is_an_executable_launcher():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "tools" / "train"
+    assert script.read_text().startswith("#!/usr/bin/env python3")
+    proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "algo.name=<name>" in proc.stdout and "  dpo:" in proc.stdout
