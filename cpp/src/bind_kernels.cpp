@@ -63,9 +63,11 @@ Tensor view(const Array& a, const char* fn, const char* name, std::initializer_l
   }
   if (a.ndim() != ndim)
     throw nb::value_error((who + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a)).c_str());
-  // Row-major check (size-1 dimensions may carry any stride).
+  // Row-major check (size-1 dimensions may carry any stride; empty arrays have no layout).
   int64_t expect = 1;
-  for (size_t i = ndim; i-- > 0;) {
+  bool empty = false;
+  for (size_t i = 0; i < ndim; ++i) empty = empty || a.shape(i) == 0;
+  for (size_t i = ndim; !empty && i-- > 0;) {
     if (a.shape(i) != 1 && a.stride(i) != expect)
       throw nb::value_error((who + " must be contiguous (row-major); call .contiguous() first").c_str());
     expect *= static_cast<int64_t>(a.shape(i));

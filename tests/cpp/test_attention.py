@@ -1,0 +1,146 @@
+"""write_kv, paged_attention and copy_blocks agree with dense causal attention computed in plain torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import alignkit._sampler as ops
+
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+       torch.float16: dict(atol=2e-3, rtol=2e-3)}
+
+
+def dense_reference(q, k_hist, v_hist, start, scale):
+    """Causal softmax attention in fp32: query j (at position start + j) sees history keys 0..start + j."""
+    hq, hk = q.shape[1], k_hist.shape[1]
+    k = k_hist.float().repeat_interleave(hq // hk, dim=1)  # GQA: q head h reads kv head h // (hq // hk)
+    v = v_hist.float().repeat_interleave(hq // hk, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale
+    qpos = torch.arange(q.shape[0])[:, None] + start
+    scores = scores.masked_fill(torch.arange(k.shape[0])[None, :] > qpos, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
+
+
+def run_step(seqs, *, dtype, hq, hk, d, block_size, num_blocks, seed):
+    """seqs: list of (cached_before, q_len). Returns (out, reference, k_cache) after one write_kv + attention step."""
+    g = torch.Generator().manual_seed(seed)
+    max_blocks = max(-(-(c + n) // block_size) for c, n in seqs)
+    perm = torch.randperm(num_blocks, generator=g)  # random, disjoint block tables
+    tables = perm[: len(seqs) * max_blocks].view(len(seqs), max_blocks).to(torch.int32)
+    kc = torch.randn(num_blocks, block_size, hk, d, generator=g).to(dtype)  # garbage where nothing was written
+    vc = torch.randn(num_blocks, block_size, hk, d, generator=g).to(dtype)
+    hist_k, hist_v, q_parts, k_new, v_new, slots, qsl, ctx = [], [], [], [], [], [], [0], []
+
+    def slot(s, p):
+        return int(tables[s, p // block_size]) * block_size + p % block_size
+
+    for s, (cached, n) in enumerate(seqs):
+        hk_s = torch.randn(cached + n, hk, d, generator=g).to(dtype)
+        hv_s = torch.randn(cached + n, hk, d, generator=g).to(dtype)
+        hist_k.append(hk_s)
+        hist_v.append(hv_s)
+        if cached:  # an earlier step wrote the history
+            ops.write_kv(kc, vc, hk_s[:cached].contiguous(), hv_s[:cached].contiguous(),
+                         torch.tensor([slot(s, p) for p in range(cached)], dtype=torch.int64))
+        q_parts.append(torch.randn(n, hq, d, generator=g).to(dtype))
+        k_new.append(hk_s[cached:])
+        v_new.append(hv_s[cached:])
+        slots += [slot(s, p) for p in range(cached, cached + n)]
+        qsl.append(qsl[-1] + n)
+        ctx.append(cached + n)
+    q = torch.cat(q_parts)
+    ops.write_kv(kc, vc, torch.cat(k_new), torch.cat(v_new), torch.tensor(slots, dtype=torch.int64))
+    out = torch.full_like(q, float("nan"))
+    scale = d ** -0.5
+    ops.paged_attention(out, q, kc, vc, tables, torch.tensor(ctx, dtype=torch.int32),
+                        torch.tensor(qsl, dtype=torch.int32), scale)
+    ref = torch.cat([dense_reference(q_parts[s], hist_k[s], hist_v[s], c, scale) for s, (c, n) in enumerate(seqs)])
+    return out, ref
+
+
+# Mixed steps: full prefills (cached 0), prefill chunks (cached > 0, n > 1) and decodes (n = 1).
+MIXES = [[(0, 7), (12, 1), (5, 4), (0, 1), (30, 1)], [(3, 1)], [(0, 33)], [(16, 1), (15, 1), (17, 2)]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hq, hk", [(4, 4), (8, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
+def test_paged_attention_matches_dense_causal_attention(dtype, hq, hk):
+    for i, mix in enumerate(MIXES):
+        out, ref = run_step(mix, dtype=dtype, hq=hq, hk=hk, d=16, block_size=4, num_blocks=64, seed=i)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref.to(dtype).float(), **TOL[dtype])
+
+
+def test_paged_attention_odd_head_dim_and_block_size():
+    # head_dim not a multiple of the 8-wide inner loop; block size 5.
+    out, ref = run_step([(9, 3), (0, 6), (22, 1)], dtype=torch.float32, hq=6, hk=3, d=37, block_size=5,
+                        num_blocks=40, seed=7)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_write_kv_places_rows_at_slots_and_skips_minus_one():
+    kc = torch.zeros(3, 2, 1, 4)
+    vc = torch.zeros(3, 2, 1, 4)
+    k = torch.arange(12.0).view(3, 1, 4)
+    v = -k
+    ops.write_kv(kc, vc, k, v, torch.tensor([5, -1, 0], dtype=torch.int64))
+    # slot 5 = block 2, offset 1; slot 0 = block 0, offset 0; row 1 skipped.
+    assert torch.equal(kc[2, 1, 0], torch.tensor([0.0, 1, 2, 3]))
+    assert torch.equal(kc[0, 0, 0], torch.tensor([8.0, 9, 10, 11]))
+    assert torch.equal(vc[2, 1, 0], -kc[2, 1, 0])
+    assert kc.abs().sum() == 0 + (0 + 1 + 2 + 3) + (8 + 9 + 10 + 11)  # nothing else written
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_copy_blocks_copies_whole_blocks_in_both_caches(dtype):
+    kc = torch.randn(5, 4, 2, 8).to(dtype)
+    vc = torch.randn(5, 4, 2, 8).to(dtype)
+    k0, v0 = kc.clone(), vc.clone()
+    ops.copy_blocks(kc, vc, torch.tensor([1, 3], dtype=torch.int64), torch.tensor([4, 0], dtype=torch.int64))
+    assert torch.equal(kc[4], k0[1]) and torch.equal(kc[0], k0[3])
+    assert torch.equal(vc[4], v0[1]) and torch.equal(vc[0], v0[3])
+    assert torch.equal(kc[1:4], k0[1:4]) and torch.equal(vc[1:4], v0[1:4])  # sources and others untouched
+
+
+def test_forked_sequences_share_prefix_blocks_after_copy_on_write():
+    # Two sequences share block 0 (full) and block 1 (partial, 2 of 4 tokens); the second gets a private
+    # copy of block 1 (copy_blocks) and each then decodes its own token at position 6.
+    bs, d = 4, 8
+    kc = torch.zeros(6, bs, 1, d)
+    vc = torch.zeros(6, bs, 1, d)
+    prompt_k, prompt_v = torch.randn(6, 1, d), torch.randn(6, 1, d)
+    ops.write_kv(kc, vc, prompt_k, prompt_v, torch.arange(6, dtype=torch.int64))  # blocks 0, 1
+    ops.copy_blocks(kc, vc, torch.tensor([1], dtype=torch.int64), torch.tensor([3], dtype=torch.int64))
+    new_k, new_v = torch.randn(2, 1, d), torch.randn(2, 1, d)
+    ops.write_kv(kc, vc, new_k, new_v, torch.tensor([1 * bs + 2, 3 * bs + 2], dtype=torch.int64))
+    q = torch.randn(2, 2, d)
+    out = torch.empty_like(q)
+    ops.paged_attention(out, q, kc, vc, torch.tensor([[0, 1], [0, 3]], dtype=torch.int32),
+                        torch.tensor([7, 7], dtype=torch.int32), torch.tensor([0, 1, 2], dtype=torch.int32), 0.5)
+    for s in range(2):
+        hist_k = torch.cat([prompt_k, new_k[s:s + 1]])
+        hist_v = torch.cat([prompt_v, new_v[s:s + 1]])
+        ref = dense_reference(q[s:s + 1], hist_k, hist_v, 6, 0.5)
+        torch.testing.assert_close(out[s:s + 1], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_thread_count_does_not_change_results():
+    # ALIGNKIT_NUM_THREADS is read once per process: compare a 1-thread subprocess with this process.
+    code = ("import torch, alignkit._sampler as ops, sys; sys.path.insert(0, %r); "
+            "from test_attention import run_step; "
+            "out, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4, "
+            "num_blocks=64, seed=3); assert ops.num_threads() == 1; torch.save(out, sys.argv[1])"
+            % os.path.dirname(__file__))
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ak_threads_{os.getpid()}.pt")
+    env = {**os.environ, "ALIGNKIT_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))
+    single = torch.load(path)
+    os.remove(path)
+    multi, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4,
+                        num_blocks=64, seed=3)
+    assert torch.equal(single, multi)  # each work item is computed by one thread: bitwise identical

@@ -1,0 +1,170 @@
+"""Every kernel binding rejects bad arrays (dtype, device, shape, layout, index values) with a Python exception."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import alignkit._sampler as ops
+
+from .fake_dlpack import FakeCudaTensor
+
+NB, BS, HK, HQ, D, T = 6, 4, 2, 4, 8, 5
+
+
+def _write_kv():
+    return dict(k_cache=torch.zeros(NB, BS, HK, D), v_cache=torch.zeros(NB, BS, HK, D),
+                k=torch.randn(T, HK, D), v=torch.randn(T, HK, D),
+                slot_mapping=torch.tensor([0, 1, 2, 9, -1], dtype=torch.int64))
+
+
+def _copy_blocks():
+    return dict(k_cache=torch.randn(NB, BS, HK, D), v_cache=torch.randn(NB, BS, HK, D),
+                src=torch.tensor([0, 1], dtype=torch.int64), dst=torch.tensor([2, 3], dtype=torch.int64))
+
+
+def _paged_attention():
+    return dict(out=torch.empty(T, HQ, D), q=torch.randn(T, HQ, D), k_cache=torch.randn(NB, BS, HK, D),
+                v_cache=torch.randn(NB, BS, HK, D), block_tables=torch.tensor([[0, 1], [2, 3]], dtype=torch.int32),
+                context_lens=torch.tensor([4, 7], dtype=torch.int32),
+                query_start_loc=torch.tensor([0, 4, 5], dtype=torch.int32), scale=0.3)
+
+
+def _sample():
+    r = 3
+    return dict(logits=torch.randn(r, 10), temperature=torch.ones(r), top_k=torch.zeros(r, dtype=torch.int32),
+                top_p=torch.ones(r), min_p=torch.zeros(r), seeds=torch.arange(r), sample_ids=torch.zeros(r, dtype=torch.int64),
+                positions=torch.arange(r), out_tokens=torch.empty(r, dtype=torch.int64), out_logprobs=torch.empty(r),
+                out_raw_logprobs=torch.empty(r))
+
+
+BINDINGS = {"write_kv": _write_kv, "copy_blocks": _copy_blocks, "paged_attention": _paged_attention, "sample": _sample}
+ARRAYS = [(fn, name) for fn, make in BINDINGS.items() for name, v in make().items() if isinstance(v, torch.Tensor)]
+
+
+def _call(fn, kwargs):
+    return getattr(ops, fn)(**kwargs)
+
+
+@pytest.mark.parametrize("fn", BINDINGS)
+def test_valid_arguments_are_accepted(fn):
+    _call(fn, BINDINGS[fn]())  # the baseline every failure test perturbs must itself pass
+
+
+@pytest.mark.parametrize("fn, name", ARRAYS)
+def test_wrong_dtype_raises_type_error_naming_the_argument(fn, name):
+    kw = BINDINGS[fn]()
+    kw[name] = kw[name].to(torch.float64 if kw[name].is_floating_point() else torch.int16)
+    with pytest.raises(TypeError, match=rf"{fn}: `{name}` must have dtype"):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn, name", [a for a in ARRAYS if a[1] in ("k", "q", "out")])
+def test_float_tensor_dtype_must_match_the_cache(fn, name):
+    kw = BINDINGS[fn]()
+    kw[name] = kw[name].to(torch.bfloat16)
+    with pytest.raises(TypeError, match=rf"`{name}` has dtype bfloat16 but the cache is float32"):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn, name", ARRAYS)
+def test_wrong_ndim_or_size_raises_value_error(fn, name):
+    kw = BINDINGS[fn]()
+    kw[name] = kw[name][None]  # one extra leading dimension
+    with pytest.raises(ValueError, match=rf"`{name}` must be \d-D"):
+        _call(fn, kw)
+    kw = BINDINGS[fn]()
+    x = kw[name]
+    kw[name] = torch.cat([x, x[:1]])  # one row too many: disagrees with the arrays it must match
+    with pytest.raises(ValueError, match=rf"`\w+` must have shape .* got"):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn, name", ARRAYS)
+def test_non_contiguous_input_raises_value_error(fn, name):
+    kw = BINDINGS[fn]()
+    x = kw[name]
+    kw[name] = torch.stack([x, x], dim=-1)[..., 0]  # same shape and values, last-dim stride 2
+    assert not kw[name].is_contiguous()
+    with pytest.raises(ValueError, match=rf"`{name}` must be contiguous"):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn, name", ARRAYS)
+def test_a_tensor_on_another_device_raises(fn, name):
+    kw = BINDINGS[fn]()
+    kw[name] = FakeCudaTensor(kw[name])  # claims cuda:0 (DLPack kDLCUDA) while the rest is on the CPU
+    with pytest.raises(ValueError, match=rf"`{name}` is on a different device|device than `{name}`"):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("fn", BINDINGS)
+def test_all_cuda_claims_raise_cleanly_without_a_usable_gpu(fn):
+    # Built without CUDA -> ValueError; built with CUDA but no GPU (or host memory) -> RuntimeError/ValueError.
+    kw = {k: FakeCudaTensor(v) if isinstance(v, torch.Tensor) else v for k, v in BINDINGS[fn]().items()}
+    with pytest.raises((ValueError, RuntimeError), match=r"(?i)cuda"):
+        _call(fn, kw)
+
+
+@pytest.mark.parametrize("bad", [NB * BS, -2])
+def test_write_kv_rejects_out_of_range_slots_without_writing(bad):
+    kw = _write_kv()
+    kw["slot_mapping"][2] = bad
+    with pytest.raises(ValueError, match=rf"slot_mapping\[2\] = {bad} is outside \[-1, num_blocks \* block_size = 24\)"):
+        ops.write_kv(**kw)
+    assert kw["k_cache"].abs().sum() == 0 and kw["v_cache"].abs().sum() == 0  # validated before any write
+
+
+@pytest.mark.parametrize("which, bad", [("src", NB), ("dst", -1)])
+def test_copy_blocks_rejects_out_of_range_block_ids(which, bad):
+    kw = _copy_blocks()
+    kw[which][1] = bad
+    before = kw["k_cache"].clone()
+    with pytest.raises(ValueError, match=r"block id outside \[0, num_blocks = 6\)"):
+        ops.copy_blocks(**kw)
+    assert torch.equal(kw["k_cache"], before)
+
+
+@pytest.mark.parametrize("field, index, bad, match", [
+    ("block_tables", (1, 1), NB, r"block_tables\[1, 1\] = 6 is outside \[0, num_blocks = 6\)"),
+    ("block_tables", (0, 0), -1, r"block_tables\[0, 0\] = -1"),
+    ("context_lens", (1,), 9, r"context_lens\[1\] = 9 exceeds max_blocks_per_seq \* block_size = 8"),
+    ("context_lens", (0,), 3, r"context_lens\[0\] = 3 is smaller than its query length 4"),
+    ("query_start_loc", (2,), 4, r"query_start_loc\[-1\] = 4 must equal num_tokens = 5"),
+    ("query_start_loc", (0,), 1, r"query_start_loc\[0\] must be 0"),
+])
+def test_paged_attention_rejects_bad_metadata_values(field, index, bad, match):
+    kw = _paged_attention()
+    kw[field][index] = bad
+    with pytest.raises(ValueError, match=match):
+        ops.paged_attention(**kw)
+
+
+def test_paged_attention_rejects_head_counts_that_do_not_group():
+    kw = _paged_attention()
+    kw["q"] = torch.randn(T, 3, D)
+    kw["out"] = torch.empty(T, 3, D)
+    with pytest.raises(ValueError, match=r"num_q_heads \(3\) must be a multiple of num_kv_heads \(2\)"):
+        ops.paged_attention(**kw)
+
+
+@pytest.mark.parametrize("field, bad, match", [
+    ("temperature", -0.5, r"temperature\[1\] = -0.5\d*; expected a finite value >= 0"),
+    ("temperature", float("nan"), r"temperature\[1\]"),
+    ("top_k", -1, r"top_k\[1\] = -1; expected >= 0"),
+    ("top_p", 0.0, r"top_p\[1\] = 0.0\d*; expected 0 < top_p <= 1"),
+    ("top_p", 1.5, r"top_p\[1\]"),
+    ("min_p", 1.5, r"min_p\[1\] = 1.5\d*; expected 0 <= min_p <= 1"),
+])
+def test_sample_rejects_out_of_range_parameters(field, bad, match):
+    kw = _sample()
+    kw[field][1] = bad
+    with pytest.raises(ValueError, match=match):
+        ops.sample(**kw)
+
+
+def test_sample_rejects_an_empty_vocabulary():
+    kw = _sample()
+    kw["logits"] = torch.empty(3, 0)
+    with pytest.raises(ValueError, match=r"empty vocabulary"):
+        ops.sample(**kw)
