@@ -76,6 +76,17 @@ def iter_rows(source: str, key: str = "data.train") -> Iterator[tuple[str, dict[
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | RowError]]:
     with path.open("r", encoding="utf-8") as fh:
+        head = fh.read(4096).lstrip()
+        fh.seek(0)
+        if head.startswith("["):  # a JSON array of rows rather than JSON lines
+            try:
+                rows = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            for i, row in enumerate(rows):
+                yield f"{path}[row {i}]", row if isinstance(row, dict) else RowError(
+                    f"expected a JSON object, got {type(row).__name__}")
+            return
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -133,6 +133,9 @@ def train(cfg: Any) -> TrainResult:
     needs = objective.needs
     if needs.rollouts is not None or needs.data == "prompt":
         raise NotImplementedError("online objectives land with the online-RL issue")
+    if needs.reward_model or needs.value_model:
+        raise NotImplementedError(f"{cfg.algo.name}: reward/value models are supplied with rollouts "
+                                  "(online objectives), which land with the online-RL issue")
     rank, world = dist_rank_world()
     is_main = rank == 0
     out_dir = Path(cfg.output.dir)
@@ -145,6 +148,8 @@ def train(cfg: Any) -> TrainResult:
     tokenizer = models.load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     train_split, eval_split = load_splits(cfg.data, needs.data, tokenizer, cfg.train.seed)
     eval_rows = eval_split.examples if eval_split is not None else []
+    log.info("data: %d train rows (%d skipped), %d eval rows", len(train_split.examples), train_split.skipped,
+             len(eval_rows))
     if needs.reference:
         log.info("caching reference log-probs for %d train + %d eval rows", len(train_split.examples), len(eval_rows))
         cache_reference_logps(cfg, needs, [train_split.examples, eval_rows], tokenizer.pad_token_id,

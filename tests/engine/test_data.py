@@ -148,3 +148,12 @@ def test_batch_stream_resumes_at_the_same_position():
     assert [c.next()["input_ids"][:, 1].tolist() for _ in range(3)] == seen[2:]
     assert sorted(sum(seen[:3], [])) == list(range(7, 14))  # one epoch visits every row once
     assert isinstance(collate(rows[:2], "sft", 0)["input_ids"], torch.Tensor)
+
+
+def test_a_json_array_file_is_read_and_bad_entries_are_located(tmp_path, tiny_lm):
+    path = tmp_path / "rows.json"
+    path.write_text('[{"prompt": "hi", "completion": "yes"}, 7]')
+    enc = RowEncoder(tiny_lm.tokenizer, "sft", 64, 32)
+    with pytest.raises(DataError, match=r"rows\.json\[row 1\]: expected a JSON object"):
+        encode_source(str(path), enc)
+    assert encode_source(str(path), enc, on_error="skip").skipped == 1
