@@ -13,7 +13,7 @@ def models_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_models")
 
 
-@pytest.fixture(scope="session", params=["llama", "qwen2", "gpt2"])
+@pytest.fixture(scope="session", params=["llama", "qwen2", "mistral", "gpt2"])
 def any_model(request, models_dir):
     return build(request.param, models_dir)
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from alignkit.engine.sampler import Sampler, SamplingParams
 from alignkit.engine.sampler.hf_adapter import HFRunner
 from alignkit.engine.sampler.kv_cache import KVCache
 
@@ -55,7 +56,7 @@ def test_paged_steps_match_full_forward_with_chunked_prefill_and_mixed_decode(an
             next_tok[s] = logits[row].argmax()
 
 
-def test_training_forward_after_paged_forward_is_unchanged(llama):
+def test_training_forward_after_generate_is_unchanged_and_train_mode_restored(llama):
     model = llama
     model.train()
     impl_before = model.config._attn_implementation
@@ -69,13 +70,7 @@ def test_training_forward_after_paged_forward_is_unchanged(llama):
         return out.logits.detach().clone(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
 
     logits_a, grad_a = train_forward()
-    runner = HFRunner(model)
-    cache = KVCache.allocate(num_layers=runner.num_layers, num_kv_heads=runner.num_kv_heads,
-                             head_dim=runner.head_dim, num_blocks=4, block_size=4, dtype=runner.dtype,
-                             device=runner.device)
-    ids, pos, attn = plan_step(cache, torch_reference, [(0, [5, 6, 7], 0)], max_blocks=4)
-    with torch.inference_mode():
-        runner.forward(ids, pos, attn)
+    Sampler(model, block_size=4).generate([[5, 6, 7], [9] * 6], SamplingParams(n=2, max_new_tokens=5, seed=0))
     assert model.training, "the sampler must restore train mode"
     assert model.config._attn_implementation == impl_before
     logits_b, grad_b = train_forward()
@@ -95,3 +90,11 @@ def test_paged_attention_called_without_metadata_raises(llama):
 def test_encoder_decoder_or_headless_model_is_rejected(llama):
     with pytest.raises(TypeError, match="no LM head"):
         HFRunner(llama.model)
+
+
+def test_sliding_window_caps_the_context(models_dir):
+    from .tiny_models import build
+    mistral = build("mistral", models_dir)
+    assert HFRunner(mistral).max_context == 128  # window 128 < max_position_embeddings 256
+    with pytest.raises(ValueError, match=r"exceeds the model's context of 128"):
+        Sampler(mistral).generate([[5] * 100], SamplingParams(max_new_tokens=29))

@@ -10,7 +10,7 @@ VOCAB = 97
 
 
 def build(kind: str, tmp_dir: Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.nn.Module:
-    """Build a tiny `kind` model ("llama" with GQA, "qwen2", "gpt2"), round-trip it through disk."""
+    """Build a tiny `kind` model ("llama" with GQA, "qwen2" with MQA, "mistral", "gpt2"), round-trip it through disk."""
     import transformers as tf
 
     torch.manual_seed(seed)
@@ -24,6 +24,11 @@ def build(kind: str, tmp_dir: Path, dtype: torch.dtype = torch.float32, seed: in
                              num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256,
                              bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
         cls = tf.Qwen2ForCausalLM
+    elif kind == "mistral":  # sliding-window config (window larger than any test context)
+        cfg = tf.MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                               sliding_window=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        cls = tf.MistralForCausalLM
     elif kind == "gpt2":
         cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
                             bos_token_id=1, eos_token_id=2, pad_token_id=0)
