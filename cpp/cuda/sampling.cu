@@ -39,7 +39,7 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
   for (int64_t i = tid; i < V; i += blockDim.x) m = fmaxf(m, x[i]);
   m = cuda::block_max(m, fbuf);
   double s1 = 0.0;
-  for (int64_t i = tid; i < V; i += blockDim.x) s1 += exp(static_cast<double>(x[i]) - m);
+  for (int64_t i = tid; i < V; i += blockDim.x) s1 += static_cast<double>(expf(x[i] - m));
   const double lse1 = m + log(cuda::block_sum(s1, dbuf));
 
   float T = temperature[r];
@@ -62,7 +62,7 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
   } else {
     const float mz = m / T;
     double sT = 0.0;
-    for (int64_t i = tid; i < V; i += blockDim.x) sT += exp(static_cast<double>(x[i] / T) - mz);
+    for (int64_t i = tid; i < V; i += blockDim.x) sT += static_cast<double>(expf(x[i] / T - mz));
     const double lseT = mz + log(cuda::block_sum(sT, dbuf));
 
     // Kept set = {i : key(z_i) >= kmin}.
@@ -92,7 +92,7 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
       double tot = 0.0;
       for (int64_t i = tid; i < V; i += blockDim.x) {
         const float z = x[i] / T;
-        if (order_key(z) >= kmin) tot += exp(static_cast<double>(z) - mz);
+        if (order_key(z) >= kmin) tot += static_cast<double>(expf(z - mz));
       }
       const double limit = static_cast<double>(fmaxf(p, 0.f)) * cuda::block_sum(tot, dbuf);
       // Smallest K with mass(kept, key > K) < limit; keep key >= K.
@@ -103,7 +103,7 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
         for (int64_t i = tid; i < V; i += blockDim.x) {
           const float z = x[i] / T;
           const uint32_t key = order_key(z);
-          if (key >= kmin && key > mid) mass += exp(static_cast<double>(z) - mz);
+          if (key >= kmin && key > mid) mass += static_cast<double>(expf(z - mz));
         }
         if (cuda::block_sum(mass, dbuf) < limit) hi = mid; else lo = mid + 1;
       }
@@ -118,7 +118,7 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
     for (int64_t i = b; i < e; ++i) {
       const float z = x[i] / T;
       if (order_key(z) >= kmin) {
-        part += exp(static_cast<double>(z) - mz);
+        part += static_cast<double>(expf(z - mz));
         last = i;
       }
     }
@@ -144,7 +144,7 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
         for (int64_t i = cb; i < ce; ++i) {
           const float z = x[i] / T;
           if (order_key(z) < kmin) continue;
-          cum += exp(static_cast<double>(z) - mz);
+          cum += static_cast<double>(expf(z - mz));
           if (cum > target) {
             pick = i;
             break;

@@ -15,18 +15,20 @@ namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 
-/// log(sum(exp(x - m))) + m over n values, accumulated in double.
+/// log(sum(exp(x - m))) + m over n values (float exp, double accumulation).
 double logsumexp(const float* x, int64_t n, float m) {
   if (std::isinf(m) && m < 0) return -INFINITY;
   double s = 0.0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(static_cast<double>(x[i]) - m);
+  for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - m);
   return static_cast<double>(m) + std::log(s);
 }
 
 /// z-threshold for top-p on the kept set {i : z[i] >= tz}: keep i iff the mass of strictly
-/// more probable kept tokens is < top_p * (kept mass). Sorts only a growing top slice.
-float top_p_threshold(const std::vector<float>& z, const std::vector<double>& w, float tz, double top_p) {
-  std::vector<std::pair<float, double>> cand;  // (z, weight) of kept tokens
+/// more probable kept tokens is < top_p * (kept mass). Expected O(V): a quickselect on value
+/// levels that carries the mass of everything above the current range (no sort).
+float top_p_threshold(const std::vector<float>& z, const std::vector<float>& w, float tz, double top_p) {
+  thread_local std::vector<std::pair<float, float>> cand;  // (z, weight) of kept tokens
+  cand.clear();
   double total = 0.0;
   for (size_t i = 0; i < z.size(); ++i)
     if (z[i] >= tz) {
@@ -34,17 +36,27 @@ float top_p_threshold(const std::vector<float>& z, const std::vector<double>& w,
       total += w[i];
     }
   const double limit = top_p * total;
-  const size_t n = cand.size();
-  auto desc = [](const std::pair<float, double>& a, const std::pair<float, double>& b) { return a.first > b.first; };
-  for (size_t m = std::min<size_t>(64, n);; m = std::min(n, m * 4)) {
-    std::partial_sort(cand.begin(), cand.begin() + m, cand.end(), desc);
-    double before = 0.0;  // mass of entries strictly before index i (all strictly greater at a group start)
-    for (size_t i = 0; i < m; ++i) {
-      if (i > 0 && cand[i].first != cand[i - 1].first && before >= limit) return cand[i - 1].first;
-      before += cand[i].second;
+  size_t lo = 0, hi = cand.size();
+  double above = 0.0;  // mass of kept tokens strictly more probable than all of [lo, hi); always < limit
+  while (lo < hi) {
+    const float a = cand[lo].first, b = cand[(lo + hi) / 2].first, c = cand[hi - 1].first;
+    const float pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));  // median of three
+    // Three-way partition of [lo, hi) into (> pivot) [lo, gt), (== pivot) [gt, eq), (< pivot) [eq, hi).
+    auto mid = std::partition(cand.begin() + lo, cand.begin() + hi, [&](const auto& x) { return x.first > pivot; });
+    auto low = std::partition(mid, cand.begin() + hi, [&](const auto& x) { return x.first == pivot; });
+    const size_t gt = mid - cand.begin(), eq = low - cand.begin();
+    double mass_gt = 0.0, mass_eq = 0.0;
+    for (size_t i = lo; i < gt; ++i) mass_gt += cand[i].second;
+    for (size_t i = gt; i < eq; ++i) mass_eq += cand[i].second;
+    if (above + mass_gt >= limit) {  // the pivot level is cut; the boundary lies above it
+      hi = gt;
+      continue;
     }
-    if (m == n) return tz;  // every level is needed
+    above += mass_gt + mass_eq;  // the pivot level is kept
+    if (above >= limit || eq == hi) return pivot;
+    lo = eq;
   }
+  return tz;  // not reached: the top level is always kept
 }
 
 void sample_row(const SampleArgs& a, int64_t r) {
@@ -60,14 +72,14 @@ void sample_row(const SampleArgs& a, int64_t r) {
     while (tok < V - 1 && !(x[tok] == m)) ++tok;
     lp = static_cast<float>(x[tok] - lse1);
   } else {
-    thread_local std::vector<float> z;
-    thread_local std::vector<double> w;
+    thread_local std::vector<float> z, w;
     z.resize(V);
     w.resize(V);
     for (int64_t i = 0; i < V; ++i) z[i] = x[i] / T;
     const float mz = m / T;
+    for (int64_t i = 0; i < V; ++i) w[i] = std::exp(z[i] - mz);  // in (0, 1]: float is exact enough
     double sum = 0.0;
-    for (int64_t i = 0; i < V; ++i) sum += (w[i] = std::exp(static_cast<double>(z[i]) - mz));
+    for (int64_t i = 0; i < V; ++i) sum += w[i];
     const double lseT = mz + std::log(sum);
 
     // Every filter keeps an upper set of z, so the kept set is {i : z[i] >= tz}.
