@@ -151,7 +151,7 @@ class Sampler:
         vocab, max_ctx = self.runner.vocab_size, self.runner.max_context
         prompts = []
         for i, (p, sp) in enumerate(zip(prompt_token_ids, plist)):
-            if isinstance(p, torch.Tensor):
+            if isinstance(p, (torch.Tensor, np.ndarray)):
                 p = p.tolist()
             if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
                 raise TypeError(f"prompt {i} is a {type(p).__name__}; expected a list of token ids")

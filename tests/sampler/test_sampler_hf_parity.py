@@ -74,3 +74,15 @@ def test_reported_logprobs_equal_training_forward(llama, temperature):
     assert n_checked == 3 * 3 * 10  # no stop tokens: every sample runs to max_new_tokens
     if temperature != 1.0:  # the two log-probs really are different quantities
         assert any(abs(a - b) > 1e-3 for g in groups for s in g.samples for a, b in zip(s.logprobs, s.raw_logprobs))
+
+
+def test_bfloat16_model_samples_with_bf16_cache_and_close_logprobs(models_dir):
+    from .tiny_models import build
+    model = build("llama", models_dir, dtype=torch.bfloat16)
+    sampler = Sampler(model, block_size=4)
+    g = sampler.generate([[5, 9, 11, 3, 8]], SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3))[0]
+    assert sampler.cache.k[0].dtype == torch.bfloat16
+    for s in g.samples:
+        expect = _training_logprobs(model, g.prompt_token_ids, s.token_ids, 1.0)
+        # bf16 activations: the paged and dense paths round differently, so only ~1e-2 agreement.
+        torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), expect, atol=0.1, rtol=0)
