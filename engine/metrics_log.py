@@ -1,7 +1,8 @@
 """Metrics sinks: `metrics.jsonl`, TensorBoard, W&B (optional) and a tqdm progress bar.
 
 Every sink is written by rank 0 only; other ranks get a logger whose methods do nothing.
-One JSONL line per call: {"step": int, "split": "train" | "eval", <metric>: float, ...}.
+One JSONL line per call: {"step": int, "split": "train" | "eval", <metric>: float, ...}. A resumed
+run first drops the lines the interrupted run wrote after its checkpoint's step.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ class MetricsLogger:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (out / "metrics.jsonl").open("a", encoding="utf-8")
+        path = out / "metrics.jsonl"
+        if initial_step > 0 and path.is_file():
+            # Resuming: drop lines logged after the checkpoint by the interrupted run (they are redone).
+            kept = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= initial_step]
+            path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+        self._jsonl = path.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

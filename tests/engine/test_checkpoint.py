@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers as tf
@@ -94,6 +96,9 @@ def test_crash_mid_write_keeps_the_previous_checkpoint_and_auto_resume_skips_the
                                                          "output.resume": "auto"}))
     assert resumed.steps == 4
     assert ckpt.find_latest_checkpoint(out) == out / "checkpoint-4"
+    # Steps 3-4 ran twice (before the crash and after resuming) but are logged once.
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
     assert not (out / ".tmp-checkpoint-4").exists()
 
 
