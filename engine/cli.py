@@ -84,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: expected key=value overrides, got {' '.join(bad)}\n{USAGE}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file load/save bars would interleave with the training bar
     from alignkit.engine.config import ConfigError, load_config
     from alignkit.engine.data import DataError
 
