@@ -87,14 +87,14 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
         kmin = static_cast<uint32_t>(lo);
       }
     }
-    const float p = top_p[r];
+    const float p = fmaxf(top_p[r], 1e-30f);  // top_p <= 0 is invalid: keep the top level only
     if (p < 1.f) {
       double tot = 0.0;
       for (int64_t i = tid; i < V; i += blockDim.x) {
         const float z = x[i] / T;
         if (order_key(z) >= kmin) tot += static_cast<double>(expf(z - mz));
       }
-      const double limit = static_cast<double>(fmaxf(p, 0.f)) * cuda::block_sum(tot, dbuf);
+      const double limit = static_cast<double>(p) * cuda::block_sum(tot, dbuf);
       // Smallest K with mass(kept, key > K) < limit; keep key >= K.
       uint64_t lo = kmin, hi = 0xFFFFFFFFull;
       while (lo < hi) {
@@ -135,12 +135,14 @@ __global__ void sample_kernel(const float* logits, int64_t V, const float* tempe
       const double target = counter_uniform(seeds[r], sample_ids[r], positions[r]) * total;
       int64_t pick = fallback;
       double cum = 0.0;
-      for (unsigned t = 0; t < blockDim.x && pick == fallback; ++t) {
+      for (unsigned t = 0; t < blockDim.x; ++t) {
         if (cum + dbuf[t] <= target) {
           cum += dbuf[t];
           continue;
         }
+        // The crossing is in chunk t; if re-summing rounds differently, take its last kept token.
         const int64_t cb = t * chunk, ce = min(V, cb + chunk);
+        pick = static_cast<int64_t>(ubuf[t]) - 1;
         for (int64_t i = cb; i < ce; ++i) {
           const float z = x[i] / T;
           if (order_key(z) < kmin) continue;

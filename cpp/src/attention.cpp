@@ -31,6 +31,15 @@ inline void axpy(float* y, float w, const float* x, int64_t d) {
   for (int64_t j = 0; j < d; ++j) y[j] += w * x[j];
 }
 
+/// Hints the cache lines of a K/V row a few keys ahead: rows of one head sit num_kv_heads *
+/// head_dim apart (often across 4 KiB pages), which the hardware prefetcher does not follow.
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
+}
+
+constexpr int64_t kPrefetchAhead = 4;
+
 template <class E>
 inline const float* as_float_row(const typename E::storage* src, int64_t d, float* buf) {
   if constexpr (std::is_same<E, F32T>::value) {
@@ -78,33 +87,48 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
   for (int64_t s = 0; s < S_; ++s)
     for (int64_t t = qs[s]; t < qs[s + 1]; ++t) seq_of[t] = static_cast<int32_t>(s);
 
-  // One work item = one query token x one kv head: the G q heads sharing that kv head are
-  // done together, so each K/V row is loaded (and converted) once for all of them.
-  parallel_for(T * HK, [&](int64_t item) {
-    const int64_t t = item / HK, kh = item % HK;
+  // One work item = one query token x a contiguous range of kv heads (all their q heads).
+  // Heads of one cache row are adjacent in memory, so a range reads each key/value row
+  // sequentially; ranges are split only as far as needed to keep every thread busy.
+  const int64_t want_items = 4 * static_cast<int64_t>(num_threads());
+  const int64_t chunks = std::min<int64_t>(HK, std::max<int64_t>(1, (want_items + T - 1) / T));
+  const int64_t per = (HK + chunks - 1) / chunks;  // kv heads per item
+  const int64_t n_chunks = (HK + per - 1) / per;
+  parallel_for(T * n_chunks, [&](int64_t item) {
+    const int64_t t = item / n_chunks;
+    const int64_t h0 = (item % n_chunks) * per, h1 = std::min(HK, h0 + per);
+    const int64_t H = (h1 - h0) * G;  // q heads in this item: h0*G .. h1*G-1
     const int64_t s = seq_of[t];
     const int64_t qlen = qs[s + 1] - qs[s];
     const int64_t pos = cl[s] - qlen + (t - qs[s]);
     const int64_t n = pos + 1;  // keys attended: positions 0..pos
     const int32_t* table = tables + s * MB;
 
-    thread_local std::vector<float> qf, scores, acc, kbuf, vbuf;
-    qf.resize(G * D);
-    scores.resize(G * n);
-    acc.assign(G * D, 0.f);
-    kbuf.resize(D);
-    vbuf.resize(D);
-    for (int64_t g = 0; g < G; ++g) {
-      const S* qrow = qd + (t * HQ + kh * G + g) * D;
-      for (int64_t j = 0; j < D; ++j) qf[g * D + j] = E::load(qrow[j]) * scale;
+    // Scratch reused across items; raw pointers so the loops below do no TLS lookups.
+    thread_local std::vector<float> scratch;
+    scratch.resize(static_cast<size_t>(H * D * 2 + H * n + 2 * per * D));
+    float* qf = scratch.data();
+    float* acc = qf + H * D;
+    float* scores = acc + H * D;  // [H, n]
+    float* buf = scores + H * n;  // one converted cache row segment [(h1-h0), D]
+    std::fill(acc, acc + H * D, 0.f);
+    for (int64_t h = 0; h < H; ++h) {
+      const S* qrow = qd + (t * HQ + h0 * G + h) * D;
+      for (int64_t j = 0; j < D; ++j) qf[h * D + j] = E::load(qrow[j]) * scale;
     }
+    const int64_t seg = (h1 - h0) * D;  // elements of the row segment this item reads
+    const int64_t seg_bytes = seg * static_cast<int64_t>(sizeof(S));
+    auto row_of = [&](const S* base, int64_t p) {
+      return base + ((static_cast<int64_t>(table[p / BS]) * BS + p % BS) * HK + h0) * D;
+    };
+    for (int64_t p = 0; p < std::min(n, kPrefetchAhead); ++p) prefetch_row(row_of(kd, p), seg_bytes);
     for (int64_t p = 0; p < n; ++p) {
-      const int64_t slot = static_cast<int64_t>(table[p / BS]) * BS + p % BS;
-      const float* kr = as_float_row<E>(kd + (slot * HK + kh) * D, D, kbuf.data());
-      for (int64_t g = 0; g < G; ++g) scores[g * n + p] = dot(qf.data() + g * D, kr, D);
+      if (p + kPrefetchAhead < n) prefetch_row(row_of(kd, p + kPrefetchAhead), seg_bytes);
+      const float* kr = as_float_row<E>(row_of(kd, p), seg, buf);
+      for (int64_t h = 0; h < H; ++h) scores[h * n + p] = dot(qf + h * D, kr + (h / G) * D, D);
     }
-    for (int64_t g = 0; g < G; ++g) {
-      float* sc = scores.data() + g * n;
+    for (int64_t h = 0; h < H; ++h) {
+      float* sc = scores + h * n;
       float m = -INFINITY;
       for (int64_t p = 0; p < n; ++p) m = std::max(m, sc[p]);
       float sum = 0.f;
@@ -115,14 +139,15 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
       const float inv = 1.f / sum;
       for (int64_t p = 0; p < n; ++p) sc[p] *= inv;
     }
+    for (int64_t p = 0; p < std::min(n, kPrefetchAhead); ++p) prefetch_row(row_of(vd, p), seg_bytes);
     for (int64_t p = 0; p < n; ++p) {
-      const int64_t slot = static_cast<int64_t>(table[p / BS]) * BS + p % BS;
-      const float* vr = as_float_row<E>(vd + (slot * HK + kh) * D, D, vbuf.data());
-      for (int64_t g = 0; g < G; ++g) axpy(acc.data() + g * D, scores[g * n + p], vr, D);
+      if (p + kPrefetchAhead < n) prefetch_row(row_of(vd, p + kPrefetchAhead), seg_bytes);
+      const float* vr = as_float_row<E>(row_of(vd, p), seg, buf);
+      for (int64_t h = 0; h < H; ++h) axpy(acc + h * D, scores[h * n + p], vr + (h / G) * D, D);
     }
-    for (int64_t g = 0; g < G; ++g) {
-      S* orow = od + (t * HQ + kh * G + g) * D;
-      for (int64_t j = 0; j < D; ++j) orow[j] = E::store(acc[g * D + j]);
+    for (int64_t h = 0; h < H; ++h) {
+      S* orow = od + (t * HQ + h0 * G + h) * D;
+      for (int64_t j = 0; j < D; ++j) orow[j] = E::store(acc[h * D + j]);
     }
   });
 }
