@@ -75,11 +75,13 @@ void sample_row(const SampleArgs& a, int64_t r) {
     thread_local std::vector<float> z, w;
     z.resize(V);
     w.resize(V);
-    for (int64_t i = 0; i < V; ++i) z[i] = x[i] / T;
     const float mz = m / T;
-    for (int64_t i = 0; i < V; ++i) w[i] = std::exp(z[i] - mz);  // in (0, 1]: float is exact enough
     double sum = 0.0;
-    for (int64_t i = 0; i < V; ++i) sum += w[i];
+    for (int64_t i = 0; i < V; ++i) {
+      z[i] = x[i] / T;
+      w[i] = std::exp(z[i] - mz);  // in [0, 1]: float is exact enough; the sum is double
+      sum += w[i];
+    }
     const double lseT = mz + std::log(sum);
 
     // Every filter keeps an upper set of z, so the kept set is {i : z[i] >= tz}.
@@ -101,24 +103,26 @@ void sample_row(const SampleArgs& a, int64_t r) {
     const float top_p = a.top_p.ptr<float>()[r];
     if (top_p < 1.f) tz = std::max(tz, top_p_threshold(z, w, tz, static_cast<double>(top_p)));
 
-    double kept = 0.0;
-    int64_t last = 0;
-    for (int64_t i = 0; i < V; ++i)
-      if (z[i] >= tz) {
-        kept += w[i];
-        last = i;
-      }
+    double kept = sum;  // temperature only: every token is kept, no extra pass
+    if (tz != -INFINITY) {
+      kept = 0.0;
+      for (int64_t i = 0; i < V; ++i)
+        if (z[i] >= tz) kept += w[i];
+    }
     const double target = counter_uniform(a.seeds.ptr<int64_t>()[r], a.sample_ids.ptr<int64_t>()[r],
                                            a.positions.ptr<int64_t>()[r]) * kept;
+    // The draw: first kept token whose cumulative weight passes the target. If rounding keeps
+    // the sum at or below the target (u within 2^-53 of 1), the last kept token of nonzero weight.
     double cum = 0.0;
-    tok = last;  // rounding fallback
+    tok = -1;
     for (int64_t i = 0; i < V; ++i)
-      if (z[i] >= tz) {
+      if (z[i] >= tz && w[i] > 0.f) {
         cum += w[i];
-        if (cum > target) {
-          tok = i;
-          break;
-        }
+        tok = i;
+        if (cum > target) break;
+      }
+    if (tok < 0)  // every weight underflowed (not reachable with finite logits): fall back to greedy
+      while (++tok < V - 1 && !(x[tok] == m)) {
       }
     lp = static_cast<float>(z[tok] - lseT);
   }
