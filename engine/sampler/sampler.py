@@ -106,6 +106,7 @@ class Sampler:
         self.block_size = block_size
         self.max_kv_cache_bytes = max_kv_cache_bytes
         self.cache: KVCache | None = None
+        self._busy = False
         self.last_stats = SamplerStats()
         self.total_stats = SamplerStats()
 
@@ -194,9 +195,20 @@ class Sampler:
 
     # ----------------------------------------------------------------- the loop
     def _run(self, prompts: list[list[int]], plist: list[SamplingParams]) -> Iterator[Sample]:
-        ops = self.ops
+        # One KV cache per Sampler: a second call while a stream is unfinished would overwrite
+        # the blocks that stream still reads.
+        if self._busy:
+            raise RuntimeError("this Sampler is still running an unfinished stream(); exhaust or close() it "
+                               "first, or use a second Sampler for concurrent generation")
+        self._busy = True
+        try:
+            yield from self._run_locked(prompts, plist)
+        finally:
+            self._busy = False
+
+    def _run_locked(self, prompts: list[list[int]], plist: list[SamplingParams]) -> Iterator[Sample]:
         cache = self._ensure_cache(prompts, plist)
-        sched = ops.Scheduler(cache.num_blocks, self.block_size, self.max_num_seqs, self.max_num_batched_tokens)
+        sched = self.ops.Scheduler(cache.num_blocks, self.block_size, self.max_num_seqs, self.max_num_batched_tokens)
         base_seed = None
         # The scheduler forks a group into n running sequences at once, so a group larger than
         # max_num_seqs is split into chunks (each prefilled once). Chunks keep the prompt's seed
@@ -220,70 +232,81 @@ class Sampler:
         min_p = torch.tensor([sp.min_p for sp in chunk_params], dtype=torch.float32)
         offsets = torch.tensor(chunk_offset, dtype=torch.int64)
         split = any(o > 0 for o in chunk_offset)
-        device = cache.k[0].device
-        on_cuda = device.type == "cuda"
         stats = SamplerStats()
         t_start = time.perf_counter()
         try:
-            with torch.inference_mode():
-                while sched.has_unfinished():
-                    plan = sched.schedule()
-                    input_ids = _as_tensor(plan.input_ids, torch.int64)
-                    if input_ids.numel() == 0:
-                        raise RuntimeError("scheduler produced an empty step with work pending (KV budget too "
-                                           "small for one sequence?); raise kv_cache_tokens")
-                    positions = _as_tensor(plan.positions, torch.int64)
-                    attn = PagedAttention(
-                        cache=cache, slot_mapping=_as_tensor(plan.slot_mapping, torch.int64),
-                        block_tables=_as_tensor(plan.block_tables, torch.int32),
-                        context_lens=_as_tensor(plan.context_lens, torch.int32),
-                        query_start_loc=_as_tensor(plan.query_start_loc, torch.int32),
-                        logits_indices=_as_tensor(plan.logits_indices, torch.int64), ops=ops)
-                    if on_cuda:
-                        attn = self._to_device(attn, device)
-                        input_ids, positions = input_ids.to(device), positions.to(device)
-                    copy_src = _as_tensor(plan.copy_src, torch.int64)
-                    if copy_src.numel():
-                        copy_dst = _as_tensor(plan.copy_dst, torch.int64)
-                        if on_cuda:
-                            copy_src, copy_dst = copy_src.to(device), copy_dst.to(device)
-                        for kc, vc in zip(cache.k, cache.v):
-                            ops.copy_blocks(kc, vc, copy_src, copy_dst, attn.stream)
-                    t_fwd = time.perf_counter()
-                    logits = self.runner.forward(input_ids, positions, attn)
-                    if logits.dtype != torch.float32 or not logits.is_contiguous():
-                        logits = logits.float().contiguous()
-                    stats.forward_seconds += time.perf_counter() - t_fwd
-                    rows = logits.shape[0]
-                    gid = _as_tensor(plan.sample_group_ids, torch.int64)
-                    tokens = torch.empty(rows, dtype=torch.int64, device=device)
-                    lps = torch.empty(rows, dtype=torch.float32, device=device)
-                    raw = torch.empty(rows, dtype=torch.float32, device=device)
-                    row_args = [temperature[gid], top_k[gid], top_p[gid], min_p[gid],
-                                _as_tensor(plan.sample_seeds, torch.int64),
-                                (_as_tensor(plan.sample_ids, torch.int64) + offsets[gid]) if split
-                                else _as_tensor(plan.sample_ids, torch.int64),
-                                _as_tensor(plan.sample_positions, torch.int64)]
-                    if on_cuda:
-                        row_args = [a.to(device) for a in row_args]
-                    ops.sample(logits, *row_args, tokens, lps, raw, attn.stream)
-                    if on_cuda:
-                        tokens, lps, raw = tokens.cpu(), lps.cpu(), raw.cpu()
-                    finished = sched.update(plan.sample_seq_ids, tokens.tolist(), lps.tolist(), raw.tolist())
-                    stats.steps += 1
-                    stats.forward_tokens += input_ids.numel()
-                    stats.sampled_tokens += rows
-                    stats.max_batch_seqs = max(stats.max_batch_seqs, attn.context_lens.numel())
-                    for f in finished:
-                        yield Sample(token_ids=list(f.token_ids), logprobs=list(f.logprobs),
-                                     raw_logprobs=list(f.raw_logprobs), finish_reason=f.finish_reason,
-                                     sample_id=int(f.sample_id) + chunk_offset[f.group_id],
-                                     prompt_index=chunk_prompt[f.group_id])
+            while sched.has_unfinished():
+                # Inference mode only around the step, never across a `yield`: the caller's code
+                # between two streamed samples (e.g. a training step) must run with autograd.
+                with torch.inference_mode():
+                    finished = self._step(sched, cache, stats, temperature, top_k, top_p, min_p,
+                                          offsets if split else None)
+                for f in finished:
+                    yield Sample(token_ids=list(f.token_ids), logprobs=list(f.logprobs),
+                                 raw_logprobs=list(f.raw_logprobs), finish_reason=f.finish_reason,
+                                 sample_id=int(f.sample_id) + chunk_offset[f.group_id],
+                                 prompt_index=chunk_prompt[f.group_id])
         finally:
             stats.preemptions = int(getattr(sched, "num_preemptions", 0))
             stats.seconds = time.perf_counter() - t_start
             self.last_stats = stats
             self.total_stats.add(stats)
+
+    def _step(self, sched: Any, cache: KVCache, stats: SamplerStats, temperature: torch.Tensor,
+              top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+              offsets: torch.Tensor | None) -> list[Any]:
+        """One scheduler step: plan, copy-on-write, forward, sample, update; returns finished samples."""
+        ops = self.ops
+        device = cache.k[0].device
+        on_cuda = device.type == "cuda"
+        plan = sched.schedule()
+        input_ids = _as_tensor(plan.input_ids, torch.int64)
+        if input_ids.numel() == 0:
+            raise RuntimeError("scheduler produced an empty step with work pending (KV budget too "
+                               "small for one sequence?); raise kv_cache_tokens")
+        positions = _as_tensor(plan.positions, torch.int64)
+        attn = PagedAttention(
+            cache=cache, slot_mapping=_as_tensor(plan.slot_mapping, torch.int64),
+            block_tables=_as_tensor(plan.block_tables, torch.int32),
+            context_lens=_as_tensor(plan.context_lens, torch.int32),
+            query_start_loc=_as_tensor(plan.query_start_loc, torch.int32),
+            logits_indices=_as_tensor(plan.logits_indices, torch.int64), ops=ops)
+        if on_cuda:
+            attn = self._to_device(attn, device)
+            input_ids, positions = input_ids.to(device), positions.to(device)
+        copy_src = _as_tensor(plan.copy_src, torch.int64)
+        if copy_src.numel():
+            copy_dst = _as_tensor(plan.copy_dst, torch.int64)
+            if on_cuda:
+                copy_src, copy_dst = copy_src.to(device), copy_dst.to(device)
+            for kc, vc in zip(cache.k, cache.v):
+                ops.copy_blocks(kc, vc, copy_src, copy_dst, attn.stream)
+        t_fwd = time.perf_counter()
+        logits = self.runner.forward(input_ids, positions, attn)
+        if logits.dtype != torch.float32 or not logits.is_contiguous():
+            logits = logits.float().contiguous()
+        stats.forward_seconds += time.perf_counter() - t_fwd
+        rows = logits.shape[0]
+        gid = _as_tensor(plan.sample_group_ids, torch.int64)
+        sample_ids = _as_tensor(plan.sample_ids, torch.int64)
+        if offsets is not None:
+            sample_ids = sample_ids + offsets[gid]
+        row_args = [temperature[gid], top_k[gid], top_p[gid], min_p[gid],
+                    _as_tensor(plan.sample_seeds, torch.int64), sample_ids,
+                    _as_tensor(plan.sample_positions, torch.int64)]
+        if on_cuda:
+            row_args = [a.to(device) for a in row_args]
+        tokens = torch.empty(rows, dtype=torch.int64, device=device)
+        lps = torch.empty(rows, dtype=torch.float32, device=device)
+        raw = torch.empty(rows, dtype=torch.float32, device=device)
+        ops.sample(logits, *row_args, tokens, lps, raw, attn.stream)
+        if on_cuda:
+            tokens, lps, raw = tokens.cpu(), lps.cpu(), raw.cpu()
+        stats.steps += 1
+        stats.forward_tokens += input_ids.numel()
+        stats.sampled_tokens += rows
+        stats.max_batch_seqs = max(stats.max_batch_seqs, attn.context_lens.numel())
+        return sched.update(plan.sample_seq_ids, tokens.tolist(), lps.tolist(), raw.tolist())
 
     @staticmethod
     def _to_device(attn: PagedAttention, device: torch.device) -> PagedAttention:

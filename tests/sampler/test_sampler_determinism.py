@@ -95,3 +95,16 @@ def test_next_generate_sees_updated_weights(llama):
             head.copy_(saved)
     assert before.token_ids != [0] * 6
     assert after.token_ids == [0] * 6
+
+
+def test_stream_leaves_autograd_on_between_samples_and_guards_its_cache(llama):
+    sampler = Sampler(llama, block_size=4)
+    it = sampler.stream(_prompts(), PARAMS)
+    first = next(it)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    assert llama.config._attn_implementation != "alignkit_paged"
+    with pytest.raises(RuntimeError, match="unfinished stream"):
+        sampler.generate([[5, 6]], SamplingParams(max_new_tokens=2))
+    it.close()
+    assert len(sampler.generate([[5, 6]], SamplingParams(max_new_tokens=2))[0].samples[0].token_ids) == 2
+    assert len(first.token_ids) >= 1
