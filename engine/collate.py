@@ -56,6 +56,12 @@ def collate(examples: list[dict[str, Any]], fmt: str, pad_id: int) -> dict[str, 
     return batch
 
 
+def padded_length(row: dict[str, Any]) -> int:
+    """Tokens an encoded row occupies in a collated batch: prompt + its longest completion."""
+    completions = [len(v) for k, v in row.items() if k.endswith("_ids") and k != "prompt_ids"]
+    return len(row["prompt_ids"]) + max(completions, default=0)
+
+
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1) -> list[int]:
     """This rank's row indices for one epoch: one seeded permutation shared by all ranks, strided by rank.
 

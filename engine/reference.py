@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from alignkit.engine import models
-from alignkit.engine.collate import collate
+from alignkit.engine.collate import collate, padded_length
 from alignkit.engine.forward import reduce_logps
 from alignkit.engine.logprobs import completion_logps
 
@@ -33,8 +33,10 @@ def fill_reference_logps(ref: torch.nn.Module, examples: list[dict[str, Any]], f
                          pad_id: int, batch_size: int, device: torch.device,
                          autocast: Callable[[], Any] = contextlib.nullcontext) -> None:
     """Store the reference log-probs of every row in `examples` on the row itself."""
-    for start in range(0, len(examples), batch_size):
-        rows = examples[start: start + batch_size]
+    # Visit rows longest first so each batch holds similar lengths: less padding computed for nothing.
+    by_length = sorted(examples, key=padded_length, reverse=True)
+    for start in range(0, len(by_length), batch_size):
+        rows = by_length[start: start + batch_size]
         batch = collate(rows, fmt, pad_id)
         ids, attn, cmask = (batch[k].to(device) for k in ("input_ids", "attention_mask", "completion_mask"))
         with autocast():

@@ -72,3 +72,23 @@ def test_sft_format_objectives_get_cached_ref_logps(tmp_path, tiny_lm):
     lines = [json.loads(x) for x in (train(cfg).output_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["ref_gap"] < 1e-5  # step 1: policy == reference, same mean log-probs
     assert lines[-1]["ref_gap"] > 1e-3  # the policy moved away; the cached values did not
+
+
+def test_length_sorted_batches_give_each_row_its_own_values(tiny_lm):
+    import copy
+
+    import torch
+    import transformers as tf
+
+    from alignkit.engine.reference import fill_reference_logps
+
+    ref = tf.AutoModelForCausalLM.from_pretrained(tiny_lm.path).eval()
+    rows = [{"prompt_ids": [2] + [30] * (i % 3 + 1), "chosen_ids": [22] * (5 - i % 4) + [3],
+             "rejected_ids": [23] * (i % 5 + 1) + [3]} for i in range(9)]
+    batched, single = copy.deepcopy(rows), copy.deepcopy(rows)
+    fill_reference_logps(ref, batched, "preference", "sum", 0, batch_size=4, device=torch.device("cpu"))
+    fill_reference_logps(ref, single, "preference", "sum", 0, batch_size=1, device=torch.device("cpu"))
+    assert [r["prompt_ids"] for r in batched] == [r["prompt_ids"] for r in rows]  # list order untouched
+    for b, s in zip(batched, single):
+        assert b["ref_chosen_logps"] == pytest.approx(s["ref_chosen_logps"], abs=1e-5)
+        assert b["ref_rejected_logps"] == pytest.approx(s["ref_rejected_logps"], abs=1e-5)
