@@ -9,13 +9,24 @@ held in memory and run forward every step) and, as extra keys, with `precompute_
 
 Each system runs in its own subprocess so memory peaks do not mix. Step time = time between the
 starts of consecutive optimizer steps (data collation, forward, backward, clipping, optimizer step
-and the trainer's own bookkeeping), median over `--steps` steps after `--warmup` steps. One-off
-setup (tokenization, our reference log-prob caching, TRL's precompute) is excluded from step time;
-our caching time is reported as `ours_ref_cache_s`. Peak memory: `ru_maxrss` of the subprocess minus
-its resident set right after importing its libraries (torch / transformers / TRL), i.e. the
-memory the run itself added: models, reference, activations, gradients, optimizer state.
+and the trainer's own bookkeeping), median over `--steps` steps after `--warmup` steps, pooled over
+`--rounds` alternating runs (ours, TRL, ours, TRL, ...) so that load from other processes on a
+shared machine falls on both. Wall time is the headline; process CPU time per step
+(`*_step_cpu_s`, all threads) is reported beside it because it is less sensitive to such load.
+One-off setup (tokenization, our reference log-prob caching, TRL's precompute) is excluded from
+step time and reported as `ours_ref_cache_s` / `trl_precompute_ref_s`.
 
-    python benchmarks/train_step.py [--batch 8 --prompt-len 64 --completion-len 64 --steps 10 --threads 2]
+Peak memory: `ru_maxrss` of the subprocess minus its resident set right after importing its
+libraries (torch, transformers, datasets and the Llama modelling code in both; then alignkit's
+trainer or TRL), i.e. the memory the run itself added: models, reference, activations, gradients,
+optimizer state.
+
+Note on TRL's CPU path: TRL's fused LM head scores only the completion positions on devices with
+Triton, but on other devices (CPU included) it scores every position; alignkit always projects
+only the completion positions. The `trl_compact_head_*` keys rerun TRL's default setup with that
+compaction forced on (its torch kernels, as on CPU), the closest like-for-like comparison.
+
+    python benchmarks/train_step.py [--batch 8 --prompt-len 64 --completion-len 64 --steps 8 --rounds 2 --threads 1]
 """
 
 from __future__ import annotations
@@ -31,6 +42,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def import_common_libraries() -> None:
+    """Import the libraries both systems load, so the memory baseline after them is comparable."""
+    import datasets  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers.models.llama import modeling_llama  # noqa: F401
 
 
 def rss_mb() -> float:
@@ -94,6 +113,7 @@ def worker_ours(args: argparse.Namespace, root: Path) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    import_common_libraries()
     from alignkit.engine import trainer as T
     from alignkit.engine.config import load_config
 
@@ -103,7 +123,7 @@ def worker_ours(args: argparse.Namespace, root: Path) -> dict:
     next_batches, cache = T._next_micro_batches, T.cache_reference_logps
 
     def timed_next(*a, **k):  # called once at the top of every optimizer step
-        starts.append(time.perf_counter())
+        starts.append((time.perf_counter(), time.process_time()))
         return next_batches(*a, **k)
 
     def timed_cache(*a, **k):
@@ -120,26 +140,45 @@ def worker_ours(args: argparse.Namespace, root: Path) -> dict:
         "output.log_every=1000000", "output.tensorboard=false", "output.progress=false", "output.save_final=false",
     ])
     T.train(cfg)
-    steps = [b - a for a, b in zip(starts, starts[1:])][args.warmup:]
-    return {"step_s": statistics.median(steps), "steps_s": steps, "ref_cache_s": sum(cache_s),
-            "peak_mb": peak_rss_mb() - base}
+    return {**step_times(starts, args.warmup), "ref_cache_s": sum(cache_s), "peak_mb": peak_rss_mb() - base}
 
 
-def worker_trl(args: argparse.Namespace, root: Path, precompute: bool) -> dict:
-    """Run TRL's `DPOTrainer` on the same model and rows and time its steps."""
+def worker_trl(args: argparse.Namespace, root: Path, precompute: bool, compact: bool = False) -> dict:
+    """Run TRL's `DPOTrainer` on the same model and rows and time its steps.
+
+    compact=True makes TRL's fused LM head score only completion positions, as it does on CUDA
+    with Triton (its torch tile kernels are used either way): TRL at its best on this hardware.
+    """
     import torch
 
     torch.set_num_threads(args.threads)
+    import_common_libraries()
     import datasets
+    import trl.trainer.utils as trl_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
+
+    if compact:
+        trl_utils._use_triton = lambda device: True  # only gates compaction in utils; kernels keep their own check
 
     base = rss_mb()
     starts: list[float] = []
 
+    precompute_s: list[float] = []
+
     class StepClock(TrainerCallback):
         def on_step_begin(self, *a, **k):
-            starts.append(time.perf_counter())
+            starts.append((time.perf_counter(), time.process_time()))
+
+    precompute_fn = DPOTrainer._precompute_ref_logps
+
+    def timed_precompute(self, *a, **k):  # runs inside DPOTrainer.__init__
+        t0 = time.perf_counter()
+        out = precompute_fn(self, *a, **k)
+        precompute_s.append(time.perf_counter() - t0)
+        return out
+
+    DPOTrainer._precompute_ref_logps = timed_precompute
 
     tok = AutoTokenizer.from_pretrained(root / "model")
     model = AutoModelForCausalLM.from_pretrained(root / "model", dtype=torch.float32)
@@ -153,18 +192,26 @@ def worker_trl(args: argparse.Namespace, root: Path, precompute: bool) -> dict:
         lr_scheduler_type="cosine", max_grad_norm=1.0, optim="adamw_torch",
     )
     trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[StepClock()])
-    t0 = time.perf_counter()
     trainer.train()
-    setup_s = starts[0] - t0  # TRL precomputes reference log-probs inside train(), before step 1
-    steps = [b - a for a, b in zip(starts, starts[1:])][args.warmup:]
     n_tokens = len(trainer.train_dataset[0]["prompt_ids"]), len(trainer.train_dataset[0]["chosen_ids"])
-    return {"step_s": statistics.median(steps), "steps_s": steps, "setup_s": setup_s,
+    return {**step_times(starts, args.warmup), "ref_cache_s": sum(precompute_s),
             "peak_mb": peak_rss_mb() - base, "prompt_completion_tokens": n_tokens}
+
+
+def step_times(starts: list[tuple[float, float]], warmup: int) -> dict:
+    """Per-step wall and process-CPU seconds from the (wall, cpu) clock at each step's start."""
+    wall = [b[0] - a[0] for a, b in zip(starts, starts[1:])][warmup:]
+    cpu = [b[1] - a[1] for a, b in zip(starts, starts[1:])][warmup:]
+    return {"wall": wall, "cpu": cpu}
 
 
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
+
+# ours; TRL default; TRL with precompute_ref_log_probs=True; TRL default with its LM head compacted.
+SYSTEMS = ("ours", "trl", "trl_precompute", "trl_compact")
+
 
 def run_worker(system: str, args: argparse.Namespace, root: Path) -> dict:
     """Run one system in a fresh interpreter and return its JSON result."""
@@ -187,13 +234,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kv-heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-precompute-variant", action="store_true", help="skip TRL with precompute_ref_log_probs")
-    p.add_argument("--worker", choices=["ours", "trl", "trl_precompute"], help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=8)
+    # One thread by default: on a shared 2-core machine, multi-threaded BLAS under contention makes
+    # step times erratic for both systems; pass --threads N on a quiet machine.
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2, help="alternating runs of each system (steps pool across rounds)")
+    p.add_argument("--no-variants", action="store_true",
+                   help="only ours and TRL's default (skip TRL with precompute / compact LM head)")
+    p.add_argument("--worker", choices=list(SYSTEMS), help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.passthrough = [a for a in argv if a != "--worker" and a not in ("ours", "trl", "trl_precompute")]
+    args.passthrough = list(argv)
     return args
 
 
@@ -205,44 +256,68 @@ def main(argv: list[str] | None = None) -> None:
         if args.worker == "ours":
             res = worker_ours(args, root)
         else:
-            res = worker_trl(args, root, precompute=args.worker == "trl_precompute")
+            res = worker_trl(args, root, precompute=args.worker == "trl_precompute", compact=args.worker == "trl_compact")
         print(json.dumps(res))
         return
 
+    runs: dict[str, list[dict]] = {name: [] for name in SYSTEMS}
     with tempfile.TemporaryDirectory(prefix="ak_train_step_") as tmp:
         root = Path(tmp)
         work = build_workload(args, root)
-        ours = run_worker("ours", args, root)
-        trl = run_worker("trl", args, root)
-        pre = None if args.no_precompute_variant else run_worker("trl_precompute", args, root)
+        # Alternate the systems so slow phases of a shared machine hit both alike.
+        for _ in range(args.rounds):
+            for system in ("ours", "trl") if args.no_variants else SYSTEMS:
+                runs[system].append(run_worker(system, args, root))
+
+    def med(system: str, clock: str = "wall") -> float:
+        return statistics.median([t for r in runs[system] for t in r[clock]])
+
+    def peak(system: str) -> float:
+        return max(r["peak_mb"] for r in runs[system])
+
+    ours, trl = runs["ours"], runs["trl"]
     result = {
         "benchmark": "dpo_train_step",
-        "ours_step_s": round(ours["step_s"], 4),
-        "trl_step_s": round(trl["step_s"], 4),
-        "step_time_ratio": round(ours["step_s"] / trl["step_s"], 3),
-        "ours_peak_mb": round(ours["peak_mb"], 1),
-        "trl_peak_mb": round(trl["peak_mb"], 1),
-        "ours_ref_cache_s": round(ours["ref_cache_s"], 3),
+        "ours_step_s": round(med("ours"), 4),
+        "trl_step_s": round(med("trl"), 4),
+        "step_time_ratio": round(med("ours") / med("trl"), 3),
+        "ours_peak_mb": round(peak("ours"), 1),
+        "trl_peak_mb": round(peak("trl"), 1),
+        "ours_ref_cache_s": round(statistics.median(r["ref_cache_s"] for r in ours), 3),
         "trl_precompute_ref": False,
-        "model": f"llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} V={args.vocab}",
+        "ours_step_cpu_s": round(med("ours", "cpu"), 4),
+        "trl_step_cpu_s": round(med("trl", "cpu"), 4),
+        "step_cpu_ratio": round(med("ours", "cpu") / med("trl", "cpu"), 3),
+        "model": f"llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} "
+                 f"ffn={args.hidden * 11 // 4} V={args.vocab} untied",
         "params": work["params"],
         "batch_pairs": args.batch,
         "prompt_len": args.prompt_len,
         "completion_len": args.completion_len + 1,  # + EOS
-        "trl_tokens_prompt_completion": trl["prompt_completion_tokens"],
+        "trl_tokens_prompt_completion": trl[0]["prompt_completion_tokens"],
         "dtype": "float32",
         "threads": args.threads,
         "warmup_steps": args.warmup,
-        "timed_steps": args.steps,
-        "ours_steps_s": [round(s, 4) for s in ours["steps_s"]],
-        "trl_steps_s": [round(s, 4) for s in trl["steps_s"]],
+        "timed_steps": args.steps * args.rounds,
+        "rounds": args.rounds,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "ours_steps_s": [round(t, 3) for r in ours for t in r["wall"]],
+        "trl_steps_s": [round(t, 3) for r in trl for t in r["wall"]],
     }
-    if pre is not None:
+    if runs["trl_precompute"]:
         result.update({
-            "trl_precompute_step_s": round(pre["step_s"], 4),
-            "trl_precompute_peak_mb": round(pre["peak_mb"], 1),
-            "trl_precompute_setup_s": round(pre["setup_s"], 3),
-            "step_time_ratio_vs_trl_precompute": round(ours["step_s"] / pre["step_s"], 3),
+            "trl_precompute_step_s": round(med("trl_precompute"), 4),
+            "trl_precompute_step_cpu_s": round(med("trl_precompute", "cpu"), 4),
+            "trl_precompute_peak_mb": round(peak("trl_precompute"), 1),
+            "trl_precompute_ref_s": round(statistics.median(r["ref_cache_s"] for r in runs["trl_precompute"]), 3),
+            "step_time_ratio_vs_trl_precompute": round(med("ours") / med("trl_precompute"), 3),
+        })
+    if runs["trl_compact"]:
+        result.update({
+            "trl_compact_head_step_s": round(med("trl_compact"), 4),
+            "trl_compact_head_step_cpu_s": round(med("trl_compact", "cpu"), 4),
+            "trl_compact_head_peak_mb": round(peak("trl_compact"), 1),
+            "step_time_ratio_vs_trl_compact_head": round(med("ours") / med("trl_compact"), 3),
         })
     print(json.dumps(result))
 
