@@ -81,6 +81,42 @@ def run_ours(model, prompts, stop, args):
     return sum(lens), dt, sampler.last_stats, lens
 
 
+def kernel_breakdown(model, prompts, stop, args) -> dict:
+    """Re-run our sampler with every kernel call timed: where the time goes (for the report)."""
+    import collections
+
+    import alignkit._sampler as ext
+    from alignkit.engine.sampler import Sampler, SamplingParams
+
+    spent: collections.Counter = collections.Counter()
+
+    class Timed:  # forwards to the extension, timing each kernel call
+        def __getattr__(self, name):
+            fn = getattr(ext, name)
+            if name == "Scheduler" or not callable(fn):
+                return fn
+
+            def timed(*a, **k):
+                t = time.perf_counter()
+                out = fn(*a, **k)
+                spent[name] += time.perf_counter() - t
+                return out
+            return timed
+
+    sampler = Sampler(model, ops=Timed(), max_num_seqs=args.max_num_seqs,
+                      max_num_batched_tokens=args.max_batched_tokens)
+    t = time.perf_counter()
+    sampler.generate(prompts, SamplingParams(n=args.group, max_new_tokens=args.max_new, stop_token_ids=stop,
+                                             seed=args.seed))
+    total = time.perf_counter() - t
+    st = sampler.last_stats
+    return dict(profile_total_s=round(total, 3),
+                profile_model_s=round(st.forward_seconds - spent["paged_attention"] - spent["write_kv"], 3),
+                profile_paged_attention_s=round(spent["paged_attention"], 3),
+                profile_write_kv_s=round(spent["write_kv"], 3), profile_sample_s=round(spent["sample"], 3),
+                profile_other_s=round(total - st.forward_seconds - spent["sample"] - spent["copy_blocks"], 3))
+
+
 def run_generate(model, prompts, stop, args):
     """transformers `generate(num_return_sequences=G, do_sample=True)` on the left-padded batch."""
     width = max(map(len, prompts))
@@ -156,6 +192,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
+    ap.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown of a second run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -190,6 +227,8 @@ def main() -> None:
             speedup_vs_generate=round((ours_tok / ours_s) / (gen_tok / gen_s), 2),
             speedup_vs_generate_batch=round((ours_tok / ours_s) / (gb_tok / gb_s), 2),
         )
+    if args.profile:
+        res.update(kernel_breakdown(model, prompts, stop, args))
     print(json.dumps(res))
 
 

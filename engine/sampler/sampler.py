@@ -85,6 +85,8 @@ class Sampler:
         if max_num_batched_tokens < max_num_seqs:
             raise ValueError(f"Sampler(max_num_batched_tokens={max_num_batched_tokens}) must be >= "
                              f"max_num_seqs ({max_num_seqs}): every running sequence decodes one token per step")
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module  # sample with the local replica; DDP syncs gradients, not forwards
         if is_hf_causal_lm(model):
             self.runner: Runner = HFRunner(model)
         else:
