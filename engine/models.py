@@ -51,11 +51,22 @@ def _check_path(path: str | None, key: str) -> str:
     return str(p.expanduser()) if looks_local else path
 
 
+def _from_pretrained(loader: Any, path: str, key: str, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(path)`, turning "not found" into an error that names the config key."""
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        if Path(path).is_dir():
+            raise
+        raise FileNotFoundError(f"{key}={path!r} is neither a local HF model directory nor a model in the "
+                                f"local HF cache ({str(exc).splitlines()[0]})") from None
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False, key: str = "model.path") -> Any:
     """Load a tokenizer for training: pad token = EOS when it has none, right padding."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_check_path(path, key), trust_remote_code=trust_remote_code)
+    tok = _from_pretrained(AutoTokenizer, _check_path(path, key), key, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ValueError(f"tokenizer at {path!r} has neither a pad nor an EOS token; add one of them")
@@ -71,8 +82,8 @@ def load_causal_lm(path: str | None, *, key: str, dtype: torch.dtype, device: to
     """Load an `AutoModelForCausalLM` onto `device` in `dtype`."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(_check_path(path, key), dtype=dtype,
-                                                 trust_remote_code=trust_remote_code)
+    model = _from_pretrained(AutoModelForCausalLM, _check_path(path, key), key, dtype=dtype,
+                             trust_remote_code=trust_remote_code)
     return model.to(device)
 
 
@@ -81,8 +92,8 @@ def load_scalar_model(path: str | None, *, key: str, dtype: torch.dtype, device:
     """Load an `AutoModelForSequenceClassification` with one output (a reward / value model)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        _check_path(path, key), num_labels=1, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = _from_pretrained(AutoModelForSequenceClassification, _check_path(path, key), key, num_labels=1,
+                             dtype=dtype, trust_remote_code=trust_remote_code)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model.to(device)

@@ -62,3 +62,14 @@ def test_dtype_and_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="model.device"):
             models.resolve_device("cuda")
+
+
+def test_hub_style_name_not_in_the_cache_names_the_key(monkeypatch):
+    import transformers
+
+    def not_found(*args, **kwargs):  # what from_pretrained raises offline for an uncached name (no network here)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", not_found)
+    with pytest.raises(FileNotFoundError, match="model.path='no-such-org/no-such-model'"):
+        models.load_tokenizer("no-such-org/no-such-model")
