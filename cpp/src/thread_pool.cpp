@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include <unistd.h>
+
 namespace alignkit {
 namespace {
 
@@ -106,9 +108,18 @@ class Pool {
 };
 
 Pool& pool() {
-  // Leaked on purpose: joining threads during interpreter shutdown can deadlock.
-  static Pool* p = new Pool(configured_threads());
-  return *p;
+  // One pool per process: a child created by fork() inherits the pool object but not its
+  // threads, so it builds its own (the inherited one is released, never joined).
+  static std::mutex mu;
+  static std::unique_ptr<Pool> holder;
+  static pid_t owner = 0;
+  std::lock_guard<std::mutex> lk(mu);
+  if (!holder || owner != getpid()) {
+    if (holder) (void)holder.release();  // its threads do not exist in this process
+    holder = std::make_unique<Pool>(configured_threads());
+    owner = getpid();
+  }
+  return *holder;
 }
 
 }  // namespace

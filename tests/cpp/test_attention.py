@@ -144,3 +144,19 @@ def test_thread_count_does_not_change_results():
     multi, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4,
                         num_blocks=64, seed=3)
     assert torch.equal(single, multi)  # each work item is computed by one thread: bitwise identical
+
+
+def _fork_child_attention(_):
+    out, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4,
+                      num_blocks=64, seed=3)
+    return out
+
+
+def test_kernels_work_in_a_forked_child_after_the_parent_used_the_pool():
+    import multiprocessing
+
+    parent, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4,
+                         num_blocks=64, seed=3)  # starts the parent's worker threads
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # a child inherits no threads
+        child = pool.map(_fork_child_attention, [0], chunksize=1)[0]
+    assert torch.equal(child, parent)
