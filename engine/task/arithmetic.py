@@ -5,6 +5,11 @@ answer is the sum with its digits written least-significant first: 37 + 45 = 82,
 completion is ``"28"``. Writing the answer reversed lets a left-to-right model emit each digit
 right after the carry that decides it, which a tiny model learns in tens of seconds on a CPU
 (the plain left-to-right form stays below 6% after minutes; see DESIGN.md).
+
+The SFT demonstrations come from a careless teacher (`teacher_answer`): on problems that carry,
+it often drops the carries (37+45 -> "27" instead of "28"). A model trained on them learns both
+the right and the slipped answer and, greedily, mostly writes the slip: a mediocre start that a
+verifier-labelled preference stage can fix, whatever the length of the warm-up.
 """
 
 from __future__ import annotations
@@ -29,6 +34,33 @@ class Problem:
     def answer(self) -> str:
         """The reference completion: the sum's digits reversed, e.g. ``"28"`` for 37+45."""
         return str(self.a + self.b)[::-1]
+
+
+def has_carry(a: int, b: int) -> bool:
+    """True when adding a and b carries in at least one column."""
+    while a or b:
+        if a % 10 + b % 10 >= 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
+def carryless_answer(problem: Problem) -> str:
+    """The classic slip: add each column mod 10 and drop every carry (37+45 -> 72, written "27")."""
+    a, b, digits = problem.a, problem.b, []
+    while True:
+        digits.append(str((a % 10 + b % 10) % 10))
+        a, b = a // 10, b // 10
+        if not (a or b):
+            return "".join(digits)
+
+
+def teacher_answer(problem: Problem, carry_error: float, rng: random.Random) -> str:
+    """A demonstration from a careless teacher: on problems with a carry, drops the carries with
+    probability `carry_error`; otherwise the reference answer."""
+    if has_carry(problem.a, problem.b) and rng.random() < carry_error:
+        return carryless_answer(problem)
+    return problem.answer
 
 
 def parse_prompt(prompt: str) -> Problem:
