@@ -11,6 +11,10 @@ by its wall time. Also: our model FLOP/s (2 * matmul params * tokens + attention
 a `torch.mm` peak measured in the same run.
 
     python benchmarks/rollout.py [--prompts 16 --group 8 --prompt-len 64 --max-new 256 --threads 2]
+
+On a machine shared with other jobs, torch's OpenMP threads spin-wait and collapse when cores are
+oversubscribed; run with `--threads 1`, or set OMP_WAIT_POLICY=PASSIVE (it applies to all three
+systems alike), and read `load_avg_start`/`load_avg_end` in the output.
 """
 
 from __future__ import annotations
@@ -138,20 +142,30 @@ def run_generate(model, prompts, stop, args):
 
 
 def run_generate_batch(model, prompts, stop, args):
-    """transformers continuous batching (`generate_batch`, transformers >= 5)."""
+    """transformers continuous batching (`generate_batch`, transformers >= 5), given its best case.
+
+    A fresh call spends seconds building its manager (static tensors sized to the workload), so
+    we keep the manager (`persistent_manager=True`): the first call on the real workload is the
+    cold run, the second identical call is the one that counts (steady state, as in RL where it
+    is called every step).
+    """
     from transformers import GenerationConfig
 
     cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.group,
                            max_new_tokens=args.max_new, eos_token_id=stop, pad_token_id=0)
-    warm = GenerationConfig(**{**cfg.to_dict(), "max_new_tokens": 8})
-    with torch.no_grad():
-        model.generate_batch(prompts[:2], generation_config=warm, progress_bar=False)
-        t = time.perf_counter()
-        out = model.generate_batch(prompts, generation_config=cfg, progress_bar=False)
-        dt = time.perf_counter() - t
     s = set(stop)
+    timings = []
+    with torch.no_grad():
+        try:
+            for _ in range(2):
+                t = time.perf_counter()
+                out = model.generate_batch(prompts, generation_config=cfg, progress_bar=False,
+                                           persistent_manager=True)
+                timings.append(time.perf_counter() - t)
+        finally:
+            model.destroy_cached_continuous_batching_manager()
     lens = [real_len(list(o.generated_tokens), s) for o in out.values()]
-    return sum(lens), dt, lens
+    return sum(lens), timings[1], lens, timings[0]
 
 
 def model_flops(model, prompts, lens_per_group, args) -> float:
@@ -191,24 +205,46 @@ def main() -> None:
     ap.add_argument("--max-batched-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round per system counts")
     ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
     ap.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown of a second run")
     args = ap.parse_args()
+    # Same CPU budget for everyone: our kernels' thread pool gets the thread count torch gets
+    # (read when the extension first runs, so set it before any import of alignkit._sampler).
+    os.environ["ALIGNKIT_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
+    import logging
+
     import transformers
     transformers.logging.set_verbosity_error()
+    logging.getLogger("ContinuousBatchingLogger").setLevel(logging.ERROR)  # persistent-manager notice
 
+    load_start = os.getloadavg()[0]  # the machine may be shared: report how busy it was
     model = build_model(args)
     prompts, stop = workload(args)
     peak = gemm_peak_gflops()
-    ours_tok, ours_s, stats, ours_lens = run_ours(model, prompts, stop, args)
+    # Interleaved rounds, best round per system: on a shared machine the load changes between
+    # runs, and interleaving spreads it over all systems instead of penalising one of them.
+    best: dict[str, tuple] = {}
+
+    def keep(name, tokens, secs, *extra):
+        if name not in best or tokens / secs > best[name][0] / best[name][1]:
+            best[name] = (tokens, secs, *extra)
+
+    for _ in range(args.repeats):
+        keep("ours", *run_ours(model, prompts, stop, args))
+        if not args.skip_baselines:
+            keep("generate", *run_generate(model, prompts, stop, args))
+            keep("generate_batch", *run_generate_batch(model, prompts, stop, args))
+    ours_tok, ours_s, stats, ours_lens = best["ours"]
     groups = [ours_lens[i * args.group:(i + 1) * args.group] for i in range(args.prompts)]
     flops = model_flops(model, prompts, groups, args)
     res = dict(
         model=f"llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} vocab={args.vocab}",
         params=sum(p.numel() for p in model.parameters()), prompts=args.prompts, group=args.group,
         prompt_len=f"{args.prompt_len // 2}-{args.prompt_len}", max_new_tokens=args.max_new,
-        stop_tokens=args.num_stop, threads=args.threads, torch=torch.__version__,
+        stop_tokens=args.num_stop, threads=args.threads, repeats=args.repeats, torch=torch.__version__,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"), load_avg_start=round(load_start, 2),
         transformers=transformers.__version__,
         ours_tokens=ours_tok, ours_s=round(ours_s, 3), ours_tok_s=round(ours_tok / ours_s, 1),
         ours_mean_len=round(ours_tok / len(ours_lens), 1), ours_steps=stats.steps,
@@ -217,18 +253,20 @@ def main() -> None:
         flops_fraction=round(flops / ours_s / 1e9 / peak, 3),
     )
     if not args.skip_baselines:
-        gen_tok, gen_s, gen_lens = run_generate(model, prompts, stop, args)
-        gb_tok, gb_s, gb_lens = run_generate_batch(model, prompts, stop, args)
+        gen_tok, gen_s, gen_lens = best["generate"]
+        gb_tok, gb_s, gb_lens, gb_cold_s = best["generate_batch"]
         res.update(
             generate_tokens=gen_tok, generate_s=round(gen_s, 3), generate_tok_s=round(gen_tok / gen_s, 1),
             generate_mean_len=round(gen_tok / len(gen_lens), 1),
             generate_batch_tokens=gb_tok, generate_batch_s=round(gb_s, 3),
             generate_batch_tok_s=round(gb_tok / gb_s, 1), generate_batch_mean_len=round(gb_tok / len(gb_lens), 1),
+            generate_batch_cold_s=round(gb_cold_s, 3),
             speedup_vs_generate=round((ours_tok / ours_s) / (gen_tok / gen_s), 2),
             speedup_vs_generate_batch=round((ours_tok / ours_s) / (gb_tok / gb_s), 2),
         )
     if args.profile:
         res.update(kernel_breakdown(model, prompts, stop, args))
+    res["load_avg_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res))
 
 
