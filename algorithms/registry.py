@@ -153,6 +153,9 @@ def _import_file(path: Path, spec: str) -> object:
     module = importlib.util.module_from_spec(mod_spec)
     # dataclasses (and pickling) look the module up in sys.modules while the file executes.
     sys.modules[mod_name] = module
+    # A plugin may import helper modules that sit beside it, as a script run from there could.
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     try:
         loader.exec_module(module)
     except BaseException:

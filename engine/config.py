@@ -157,6 +157,9 @@ def build_config(user: dict[str, Any] | DictConfig | TrainConfig) -> DictConfig:
         raise ConfigError(f"invalid value for {_key_of(exc)}: {_first_line(exc)}") from None
     for (section, key), choices in _CHOICES.items():
         value = cfg[section][key]
+        if value == "False" and "no" in choices:
+            # YAML 1.1 reads a bare `no` as false (`train.mixed_precision=no`): take the user's word.
+            cfg[section][key] = value = "no"
         if value not in choices:
             raise ConfigError(f"{section}.{key}={value!r}: expected one of {', '.join(choices)}")
     if cfg.data.max_prompt_length >= cfg.data.max_length:

@@ -185,3 +185,19 @@ def test_entry_points_are_discovered(isolated_registry, tmp_path, monkeypatch):
         get_objective("toy_broken")
     with pytest.raises(KeyError, match="toy_ep"):  # the unknown-name message includes entry points
         get_objective("toy_nothing")
+
+
+def test_plugin_file_can_import_a_helper_module_beside_it(tmp_path):
+    from alignkit.algorithms import get_objective
+
+    (tmp_path / "my_helpers.py").write_text("SCALE = 3.0\n")
+    (tmp_path / "plugin_with_helper.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from my_helpers import SCALE\n"
+        "from alignkit.algorithms import Needs, Objective\n"
+        "class Scaled(Objective):\n"
+        "    needs = Needs(data='sft')\n"
+        "    scale = SCALE\n"
+    )
+    cls = get_objective(f"{tmp_path / 'plugin_with_helper.py'}:Scaled")
+    assert cls.scale == 3.0

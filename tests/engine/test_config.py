@@ -89,3 +89,12 @@ def test_objective_from_a_file_is_validated_against_its_config(tmp_path):
 def test_override_without_equals_sign_is_explained():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.lr"])
+
+
+def test_bare_no_for_mixed_precision_means_no_not_false(tmp_path):
+    # YAML reads `no` as a boolean; both the CLI and a recipe file must still mean "no".
+    cfg = load_config(None, ["model.path=x", "train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: x}\ntrain: {mixed_precision: no}\n")
+    assert load_config(str(recipe), []).train.mixed_precision == "no"
