@@ -146,17 +146,24 @@ def test_thread_count_does_not_change_results():
     assert torch.equal(single, multi)  # each work item is computed by one thread: bitwise identical
 
 
-def _fork_child_attention(_):
-    out, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4,
-                      num_blocks=64, seed=3)
+def _numpy_attention(_=None):
+    """A decode step built with numpy only (torch's OpenMP pool is not fork-safe; ours must be)."""
+    import numpy as np
+
+    rng = np.random.RandomState(0)
+    kc = rng.randn(64, 4, 2, 16).astype(np.float32)
+    vc = rng.randn(64, 4, 2, 16).astype(np.float32)
+    q = rng.randn(40, 8, 16).astype(np.float32)
+    out = np.empty_like(q)
+    tables = rng.permutation(64)[:40 * 1].reshape(40, 1).astype(np.int32)
+    ops.paged_attention(out, q, kc, vc, tables, np.full(40, 3, np.int32), np.arange(41, dtype=np.int32), 0.25)
     return out
 
 
 def test_kernels_work_in_a_forked_child_after_the_parent_used_the_pool():
     import multiprocessing
 
-    parent, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4,
-                         num_blocks=64, seed=3)  # starts the parent's worker threads
-    with multiprocessing.get_context("fork").Pool(1) as pool:  # a child inherits no threads
-        child = pool.map(_fork_child_attention, [0], chunksize=1)[0]
-    assert torch.equal(child, parent)
+    parent = _numpy_attention()  # runs on the parent's worker threads (40 tokens -> parallel)
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # the child inherits no threads
+        child = pool.map(_numpy_attention, [0], chunksize=1)[0]
+    assert (child == parent).all()
