@@ -11,6 +11,9 @@ import torch
 
 import alignkit._sampler as ops
 
+# Kernels run on every device this build and machine offer (CUDA only with a GPU and a CUDA build).
+DEVICES = ["cpu"] + (["cuda"] if ops.has_cuda and torch.cuda.is_available() else [])
+
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
        torch.float16: dict(atol=2e-3, rtol=2e-3)}
 
@@ -26,14 +29,17 @@ def dense_reference(q, k_hist, v_hist, start, scale):
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
 
 
-def run_step(seqs, *, dtype, hq, hk, d, block_size, num_blocks, seed):
-    """seqs: list of (cached_before, q_len). Returns (out, reference, k_cache) after one write_kv + attention step."""
+def run_step(seqs, *, dtype, hq, hk, d, block_size, num_blocks, seed, device="cpu"):
+    """seqs: list of (cached_before, q_len). Returns (out, reference) after one write_kv + attention step."""
     g = torch.Generator().manual_seed(seed)
+    dev = torch.device(device)
+    stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
     max_blocks = max(-(-(c + n) // block_size) for c, n in seqs)
     perm = torch.randperm(num_blocks, generator=g)  # random, disjoint block tables
     tables = perm[: len(seqs) * max_blocks].view(len(seqs), max_blocks).to(torch.int32)
-    kc = torch.randn(num_blocks, block_size, hk, d, generator=g).to(dtype)  # garbage where nothing was written
-    vc = torch.randn(num_blocks, block_size, hk, d, generator=g).to(dtype)
+    kc = torch.randn(num_blocks, block_size, hk, d, generator=g).to(dtype).to(dev)  # garbage where nothing written
+    vc = torch.randn(num_blocks, block_size, hk, d, generator=g).to(dtype).to(dev)
+    tables_dev = tables.to(dev)
     hist_k, hist_v, q_parts, k_new, v_new, slots, qsl, ctx = [], [], [], [], [], [], [0], []
 
     def slot(s, p):
@@ -45,8 +51,8 @@ def run_step(seqs, *, dtype, hq, hk, d, block_size, num_blocks, seed):
         hist_k.append(hk_s)
         hist_v.append(hv_s)
         if cached:  # an earlier step wrote the history
-            ops.write_kv(kc, vc, hk_s[:cached].contiguous(), hv_s[:cached].contiguous(),
-                         torch.tensor([slot(s, p) for p in range(cached)], dtype=torch.int64))
+            ops.write_kv(kc, vc, hk_s[:cached].contiguous().to(dev), hv_s[:cached].contiguous().to(dev),
+                         torch.tensor([slot(s, p) for p in range(cached)], dtype=torch.int64, device=dev), stream)
         q_parts.append(torch.randn(n, hq, d, generator=g).to(dtype))
         k_new.append(hk_s[cached:])
         v_new.append(hv_s[cached:])
@@ -54,11 +60,13 @@ def run_step(seqs, *, dtype, hq, hk, d, block_size, num_blocks, seed):
         qsl.append(qsl[-1] + n)
         ctx.append(cached + n)
     q = torch.cat(q_parts)
-    ops.write_kv(kc, vc, torch.cat(k_new), torch.cat(v_new), torch.tensor(slots, dtype=torch.int64))
-    out = torch.full_like(q, float("nan"))
+    ops.write_kv(kc, vc, torch.cat(k_new).to(dev), torch.cat(v_new).to(dev),
+                 torch.tensor(slots, dtype=torch.int64, device=dev), stream)
+    out = torch.full_like(q, float("nan")).to(dev)
     scale = d ** -0.5
-    ops.paged_attention(out, q, kc, vc, tables, torch.tensor(ctx, dtype=torch.int32),
-                        torch.tensor(qsl, dtype=torch.int32), scale)
+    ops.paged_attention(out, q.to(dev), kc, vc, tables_dev, torch.tensor(ctx, dtype=torch.int32, device=dev),
+                        torch.tensor(qsl, dtype=torch.int32, device=dev), scale, stream)
+    out = out.cpu()
     ref = torch.cat([dense_reference(q_parts[s], hist_k[s], hist_v[s], c, scale) for s, (c, n) in enumerate(seqs)])
     return out, ref
 
@@ -67,11 +75,12 @@ def run_step(seqs, *, dtype, hq, hk, d, block_size, num_blocks, seed):
 MIXES = [[(0, 7), (12, 1), (5, 4), (0, 1), (30, 1)], [(3, 1)], [(0, 33)], [(16, 1), (15, 1), (17, 2)]]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("hq, hk", [(4, 4), (8, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
-def test_paged_attention_matches_dense_causal_attention(dtype, hq, hk):
+def test_paged_attention_matches_dense_causal_attention(dtype, hq, hk, device):
     for i, mix in enumerate(MIXES):
-        out, ref = run_step(mix, dtype=dtype, hq=hq, hk=hk, d=16, block_size=4, num_blocks=64, seed=i)
+        out, ref = run_step(mix, dtype=dtype, hq=hq, hk=hk, d=16, block_size=4, num_blocks=64, seed=i, device=device)
         assert out.dtype == dtype
         torch.testing.assert_close(out.float(), ref.to(dtype).float(), **TOL[dtype])
 
@@ -96,12 +105,15 @@ def test_write_kv_places_rows_at_slots_and_skips_minus_one():
     assert kc.abs().sum() == 0 + (0 + 1 + 2 + 3) + (8 + 9 + 10 + 11)  # nothing else written
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_copy_blocks_copies_whole_blocks_in_both_caches(dtype):
-    kc = torch.randn(5, 4, 2, 8).to(dtype)
-    vc = torch.randn(5, 4, 2, 8).to(dtype)
+def test_copy_blocks_copies_whole_blocks_in_both_caches(dtype, device):
+    kc = torch.randn(5, 4, 2, 8).to(dtype).to(device)
+    vc = torch.randn(5, 4, 2, 8).to(dtype).to(device)
     k0, v0 = kc.clone(), vc.clone()
-    ops.copy_blocks(kc, vc, torch.tensor([1, 3], dtype=torch.int64), torch.tensor([4, 0], dtype=torch.int64))
+    stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
+    ops.copy_blocks(kc, vc, torch.tensor([1, 3], dtype=torch.int64, device=device),
+                    torch.tensor([4, 0], dtype=torch.int64, device=device), stream)
     assert torch.equal(kc[4], k0[1]) and torch.equal(kc[0], k0[3])
     assert torch.equal(vc[4], v0[1]) and torch.equal(vc[0], v0[3])
     assert torch.equal(kc[1:4], k0[1:4]) and torch.equal(vc[1:4], v0[1:4])  # sources and others untouched

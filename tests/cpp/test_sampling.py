@@ -9,20 +9,27 @@ from scipy import stats
 import alignkit._sampler as ops
 
 
-def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seeds=0, sample_ids=0, positions=None):
-    """Calls ops.sample with per-row parameters broadcast from scalars; returns (tokens, logprobs, raw)."""
+# Kernels run on every device this build and machine offer (CUDA only with a GPU and a CUDA build).
+DEVICES = ["cpu"] + (["cuda"] if ops.has_cuda and torch.cuda.is_available() else [])
+
+
+def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seeds=0, sample_ids=0, positions=None,
+           device="cpu"):
+    """Calls ops.sample with per-row parameters broadcast from scalars; returns CPU (tokens, logprobs, raw)."""
     r = logits.shape[0]
 
     def col(x, dtype):
         t = torch.as_tensor(x, dtype=dtype)
-        return (t.expand(r) if t.ndim == 0 else t).contiguous()
+        return (t.expand(r) if t.ndim == 0 else t).contiguous().to(device)
 
     positions = torch.arange(r) if positions is None else positions
-    out = torch.empty(r, dtype=torch.int64), torch.empty(r), torch.empty(r)
-    ops.sample(logits.contiguous(), col(temperature, torch.float32), col(top_k, torch.int32),
+    out = (torch.empty(r, dtype=torch.int64, device=device), torch.empty(r, device=device),
+           torch.empty(r, device=device))
+    stream = torch.cuda.current_stream().cuda_stream if device == "cuda" else 0
+    ops.sample(logits.contiguous().to(device), col(temperature, torch.float32), col(top_k, torch.int32),
                col(top_p, torch.float32), col(min_p, torch.float32), col(seeds, torch.int64),
-               col(sample_ids, torch.int64), col(positions, torch.int64), *out)
-    return out
+               col(sample_ids, torch.int64), col(positions, torch.int64), *out, stream)
+    return tuple(o.cpu() for o in out)
 
 
 def filtered(logits_row, temperature, top_k=0, top_p=1.0, min_p=0.0):
@@ -56,9 +63,10 @@ ROW = torch.randn(1, 24, generator=torch.Generator().manual_seed(5)) * 1.5
     dict(temperature=1.0, top_k=5), dict(temperature=0.8, top_p=0.7), dict(temperature=1.2, min_p=0.1),
     dict(temperature=0.9, min_p=0.02, top_k=10, top_p=0.8),
 ], ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
-def test_draws_follow_the_exact_filtered_distribution(params):
+@pytest.mark.parametrize("device", DEVICES)
+def test_draws_follow_the_exact_filtered_distribution(params, device):
     target = filtered(ROW[0], **params)
-    tokens, _, _ = sample(ROW.expand(N, -1), seeds=11, positions=torch.arange(N), **params)
+    tokens, _, _ = sample(ROW.expand(N, -1), seeds=11, positions=torch.arange(N), device=device, **params)
     counts = torch.bincount(tokens, minlength=ROW.shape[1]).double()
     support = target > 0
     assert counts[~support].sum() == 0, "drew a token the filters remove"
@@ -84,11 +92,12 @@ def test_top_p_with_a_wide_nucleus_keeps_exactly_the_right_tokens():
     assert torch.unique(tokens).numel() > 0.9 * int(support.sum())
 
 
-def test_greedy_is_argmax_with_lowest_index_on_ties_and_reports_t1_logprobs():
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_is_argmax_with_lowest_index_on_ties_and_reports_t1_logprobs(device):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 1000, generator=g)
     logits[3, [10, 500]] = 100.0  # tie: lowest index wins
-    tokens, lp, raw = sample(logits, temperature=0.0, top_k=7, top_p=0.5)
+    tokens, lp, raw = sample(logits, temperature=0.0, top_k=7, top_p=0.5, device=device)
     expect = logits.argmax(-1)
     assert expect[3] == 10 and torch.equal(tokens, expect)
     ref = torch.log_softmax(logits, -1).gather(1, expect[:, None])[:, 0]
@@ -96,12 +105,13 @@ def test_greedy_is_argmax_with_lowest_index_on_ties_and_reports_t1_logprobs():
     torch.testing.assert_close(raw, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("params", [dict(), dict(top_k=20, top_p=0.9, min_p=0.01)])
-def test_logprobs_are_full_softmax_at_temperature_and_raw_at_t1(params):
+def test_logprobs_are_full_softmax_at_temperature_and_raw_at_t1(params, device):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(256, 3000, generator=g) * 3
     temp = torch.rand(256, generator=g) * 1.5 + 0.3
-    tokens, lp, raw = sample(logits, temperature=temp, seeds=9, **params)
+    tokens, lp, raw = sample(logits, temperature=temp, seeds=9, device=device, **params)
     ref_t = torch.log_softmax(logits / temp[:, None], -1).gather(1, tokens[:, None])[:, 0]
     ref_1 = torch.log_softmax(logits, -1).gather(1, tokens[:, None])[:, 0]
     torch.testing.assert_close(lp, ref_t, atol=1e-5, rtol=0)
@@ -136,3 +146,17 @@ def test_sample_id_seed_and_position_each_change_the_draw():
         assert torch.unique(t).numel() > 150  # 200 draws from 1000 tokens: ~181 distinct expected
     t, _, _ = sample(logits, seeds=1, sample_ids=0, positions=torch.arange(200))
     assert torch.unique(t).numel() > 150
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_device_draws_the_cpu_tokens_for_the_same_keys(device):
+    # Same rules and same counter-based uniform everywhere: a rollout does not depend on the device
+    # (up to ties in float rounding at a filter or CDF boundary, which these random logits avoid).
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(128, 5000, generator=g) * 2
+    params = dict(temperature=0.8, top_k=torch.tensor([0, 40] * 64, dtype=torch.int32), top_p=0.95, min_p=0.01,
+                  seeds=torch.randint(0, 2**62, (128,), generator=g), sample_ids=torch.arange(128) % 4)
+    cpu = sample(logits, **params)
+    dev = sample(logits, device=device, **params)
+    assert torch.equal(dev[0], cpu[0])
+    torch.testing.assert_close(dev[1], cpu[1], atol=1e-5, rtol=0)
