@@ -6,10 +6,9 @@ completion is ``"28"``. Writing the answer reversed lets a left-to-right model e
 right after the carry that decides it, which a tiny model learns in tens of seconds on a CPU
 (the plain left-to-right form stays below 6% after minutes; see DESIGN.md).
 
-The SFT demonstrations come from a careless teacher (`teacher_answer`): on problems that carry,
-it often drops the carries (37+45 -> "27" instead of "28"). A model trained on them learns both
-the right and the slipped answer and, greedily, mostly writes the slip: a mediocre start that a
-verifier-labelled preference stage can fix, whatever the length of the warm-up.
+The built-in recipe stops SFT mid-way through learning the carries (mediocre on purpose).
+Making the start mediocre instead with a careless teacher (demonstrations that drop carries
+60% of the time) was tried and rejected: it stalled SFT near 1% for 800 steps.
 """
 
 from __future__ import annotations
@@ -34,33 +33,6 @@ class Problem:
     def answer(self) -> str:
         """The reference completion: the sum's digits reversed, e.g. ``"28"`` for 37+45."""
         return str(self.a + self.b)[::-1]
-
-
-def has_carry(a: int, b: int) -> bool:
-    """True when adding a and b carries in at least one column."""
-    while a or b:
-        if a % 10 + b % 10 >= 10:
-            return True
-        a, b = a // 10, b // 10
-    return False
-
-
-def carryless_answer(problem: Problem) -> str:
-    """The classic slip: add each column mod 10 and drop every carry (37+45 -> 72, written "27")."""
-    a, b, digits = problem.a, problem.b, []
-    while True:
-        digits.append(str((a % 10 + b % 10) % 10))
-        a, b = a // 10, b // 10
-        if not (a or b):
-            return "".join(digits)
-
-
-def teacher_answer(problem: Problem, carry_error: float, rng: random.Random) -> str:
-    """A demonstration from a careless teacher: on problems with a carry, drops the carries with
-    probability `carry_error`; otherwise the reference answer."""
-    if has_carry(problem.a, problem.b) and rng.random() < carry_error:
-        return carryless_answer(problem)
-    return problem.answer
 
 
 def parse_prompt(prompt: str) -> Problem:
@@ -92,8 +64,8 @@ def split_problems(digits: int, n_train: int, n_eval: int, seed: int) -> tuple[l
     pool = all_problems(digits)
     if n_train + n_eval > len(pool):
         raise ValueError(
-            f"task.n_train + task.n_eval = {n_train + n_eval} exceeds the {len(pool)} distinct "
-            f"{digits}-digit problems; lower them or raise task.digits"
+            f"{n_train} train + {n_eval} held-out problems exceed the {len(pool)} distinct "
+            f"{digits}-digit problems; lower task.n_train / task.n_eval / task.n_dev or raise task.digits"
         )
     rng = random.Random(seed)
     rng.shuffle(pool)

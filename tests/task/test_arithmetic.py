@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alignkit.engine.task.arithmetic import (
-    Problem, all_problems, carryless_answer, corpus, has_carry, is_correct, parse_prompt, split_problems, teacher_answer,
+    Problem, all_problems, corpus, is_correct, parse_prompt, split_problems,
 )
 
 
@@ -53,23 +53,3 @@ def test_split_larger_than_the_problem_space_is_an_error():
 
 def test_corpus_is_prompt_then_answer():
     assert corpus([Problem(12, 9)]) == ["12+9=12"]  # 21 reversed
-
-
-def test_carry_detection_and_the_carryless_slip_by_hand():
-    assert has_carry(37, 45) and has_carry(5, 5) and has_carry(91, 9)
-    assert not has_carry(12, 13) and not has_carry(0, 0) and not has_carry(40, 59)
-    assert carryless_answer(Problem(37, 45)) == "27"  # 7+5 -> 2, 3+4 -> 7, carry dropped: 72 reversed
-    assert carryless_answer(Problem(55, 55)) == "00"  # true answer "011"
-    assert carryless_answer(Problem(91, 9)) == "09"  # true answer "001"
-    assert carryless_answer(Problem(12, 13)) == Problem(12, 13).answer == "52"
-
-
-def test_teacher_slips_only_on_carries_and_at_its_rate():
-    import random
-
-    rng = random.Random(0)
-    assert all(teacher_answer(Problem(12, 13), 1.0, rng) == "52" for _ in range(20))
-    assert teacher_answer(Problem(37, 45), 1.0, rng) == "27"
-    assert teacher_answer(Problem(37, 45), 0.0, rng) == "28"
-    slips = sum(teacher_answer(Problem(37, 45), 0.6, rng) == "27" for _ in range(4000))
-    assert 0.56 < slips / 4000 < 0.64  # binomial sd ~0.008 around 0.6
