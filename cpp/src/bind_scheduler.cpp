@@ -88,7 +88,8 @@ void bind_scheduler(nb::module_& m) {
       .def("add_group", &Scheduler::add_group, "group_id"_a, "prompt"_a, "n"_a, "max_new_tokens"_a,
            "stop_token_ids"_a = std::vector<int64_t>{}, "stop_sequences"_a = std::vector<std::vector<int64_t>>{},
            "seed"_a = 0, "Queue n samples of one prompt.")
-      .def("schedule", &Scheduler::schedule, nb::call_guard<nb::gil_scoped_release>(), "Plan the next forward step.")
+      // schedule() keeps the GIL (tens of microseconds): it also serialises callers sharing a scheduler.
+      .def("schedule", &Scheduler::schedule, "Plan the next forward step.")
       .def("update", &Scheduler::update, "sample_seq_ids"_a, "tokens"_a, "logprobs"_a, "raw_logprobs"_a,
            "Append one sampled token per plan row; returns the samples that finished.")
       .def("check_invariants", &Scheduler::check_invariants, "Raise RuntimeError if block bookkeeping is inconsistent.")
