@@ -55,8 +55,8 @@ class TaskConfig:
     # `sft_check_every` steps (resumed from its checkpoint: the same trajectory as one run) and
     # stops at the first check where dev exact match >= `sft_target`, or at `sft_max_steps`.
     sft_target: float = 0.3
-    sft_min_steps: int = 200
-    sft_check_every: int = 25
+    sft_min_steps: int = 250
+    sft_check_every: int = 50
     sft_max_steps: int = 1000
     sft_lr: float = 1e-3
     sft_batch_size: int = 64
