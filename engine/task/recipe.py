@@ -20,6 +20,7 @@ Options are `task.<field>=value` overrides of `TaskConfig` (unknown keys are rej
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -107,8 +108,6 @@ def parse_overrides(overrides: list[str]) -> TaskConfig:
 
 
 def _fields(cls: type) -> list[Any]:
-    import dataclasses
-
     return list(dataclasses.fields(cls))
 
 
