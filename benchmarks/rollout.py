@@ -13,8 +13,10 @@ a `torch.mm` peak measured in the same run.
     python benchmarks/rollout.py [--prompts 16 --group 8 --prompt-len 64 --max-new 256 --threads 2]
 
 On a machine shared with other jobs, torch's OpenMP threads spin-wait and collapse when cores are
-oversubscribed; run with `--threads 1`, or set OMP_WAIT_POLICY=PASSIVE (it applies to all three
-systems alike), and read `load_avg_start`/`load_avg_end` in the output.
+oversubscribed (small GEMMs 15-30x slower on 2 threads than on 1), so with --threads > 1 the script
+re-executes itself with OMP_WAIT_POLICY=PASSIVE unless you set the variable yourself; it applies
+to all three systems alike. Read `load_avg_start`/`load_avg_end` in the output: the machine may
+be busy with other work.
 """
 
 from __future__ import annotations
@@ -209,6 +211,11 @@ def main() -> None:
     ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
     ap.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown of a second run")
     args = ap.parse_args()
+    if args.threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
+        # Measured on the shared 2-vCPU machine: with active OpenMP spin-waiting a 64x256x704
+        # fp32 linear takes 3-7 ms on 2 threads vs 0.22 ms on 1 (0.24 ms on 2 with PASSIVE).
+        # Re-run with passive waiting so all three systems get usable threads (same env for all).
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     # Same CPU budget for everyone: our kernels' thread pool gets the thread count torch gets
     # (read when the extension first runs, so set it before any import of alignkit._sampler).
     os.environ["ALIGNKIT_NUM_THREADS"] = str(args.threads)
