@@ -41,3 +41,10 @@ def test_embedding_example_runs_and_is_on_policy_before_and_after_an_update(tmp_
     assert max(gaps) < 1e-4, gaps
     # The update really moved the policy (otherwise step 1 would prove nothing).
     assert not torch.allclose(ns["policy"].get_output_embeddings().weight.detach(), before)
+
+
+def test_readme_shows_exactly_the_snippet_this_test_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert SNIPPET.strip("\n") in readme
