@@ -232,7 +232,7 @@ def print_report(summary: dict[str, Any]) -> None:
     table.add_column("accuracy", justify="right")
     table.add_row(f"after SFT warm-up ({summary['sft_steps']} steps)", f"{summary['accuracy_before']:.1%}")
     table.add_row(f"after DPO ({len(summary['rounds'])} rounds)", f"{summary['accuracy_after']:.1%}")
-    table.add_row("gain", f"{summary['accuracy_after'] - summary['accuracy_before']:+.1%}")
+    table.add_row("gain", f"{100 * (summary['accuracy_after'] - summary['accuracy_before']):+.1f} points")
     console = Console(stderr=True)
     console.print(table)
     console.print("time (s): " + ", ".join(f"{k} {v}" for k, v in summary["stages"].items())
