@@ -15,6 +15,15 @@ namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 
+// softmax_rows is compiled twice (AVX2+FMA and baseline x86-64; GCC picks one at load time), so
+// the wheel runs on any x86-64 while current CPUs get 8-wide FMA. The choice is per machine, so
+// results stay bitwise identical across thread counts.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ALIGNKIT_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ALIGNKIT_HOT
+#endif
+
 /// Dot product with 8 independent accumulators so -O3 vectorises it without -ffast-math.
 inline float dot(const float* a, const float* b, int64_t d) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -26,27 +35,218 @@ inline float dot(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-/// y += w * x over d floats.
-inline void axpy(float* y, float w, const float* x, int64_t d) {
-  for (int64_t j = 0; j < d; ++j) y[j] += w * x[j];
+// GCC/Clang vector extensions of W floats. block_scores/block_accumulate are built twice:
+// W = 8 for AVX2+FMA (one ymm register) and W = 4 for baseline x86-64 (one SSE register), and
+// picked once per process from the CPU, so the wheel runs anywhere and results stay bitwise
+// identical across thread counts. The helpers are always inlined, so no vector crosses a call
+// boundary and GCC's ABI note about AVX-sized arguments does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <int W>
+struct Vec {
+  typedef float type __attribute__((vector_size(4 * W)));
+};
+typedef Vec<4>::type v4;
+
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::type loadv(const float* p) {
+  typename Vec<W>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
 }
-
-/// Hints the cache lines of a K/V row a few keys ahead: rows of one head sit num_kv_heads *
-/// head_dim apart (often across 4 KiB pages), which the hardware prefetcher does not follow.
-inline void prefetch_row(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
+template <int W>
+__attribute__((always_inline)) inline void storev(float* p, typename Vec<W>::type v) {
+  std::memcpy(p, &v, sizeof(v));
 }
-
-constexpr int64_t kPrefetchAhead = 4;
-
-template <class E>
-inline const float* as_float_row(const typename E::storage* src, int64_t d, float* buf) {
-  if constexpr (std::is_same<E, F32T>::value) {
-    return src;
+template <int W>
+__attribute__((always_inline)) inline float hsum(typename Vec<W>::type a) {
+  v4 t;
+  if constexpr (W == 8) {
+    v4 lo, hi;
+    std::memcpy(&lo, &a, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(lo), sizeof(hi));
+    t = lo + hi;
   } else {
-    for (int64_t j = 0; j < d; ++j) buf[j] = E::load(src[j]);
-    return buf;
+    t = a;
+  }
+  return (t[0] + t[2]) + (t[1] + t[3]);
+}
+
+/// Scores of `rows` consecutive keys (row stride `ks` floats) for every q head of the item:
+/// scores[h * n + p0 + r] = q_h . k_r, q head h reading kv head h / G of the row segment.
+/// DC > 0 (a multiple of 8) fixes head_dim at compile time; DC == 0 reads it from D.
+template <int DC, int W>
+__attribute__((always_inline)) inline void block_scores_t(const float* __restrict qf, const float* __restrict k,
+                                                          int64_t ks, int64_t rows, int64_t HKi, int64_t G,
+                                                          int64_t D_, float* __restrict scores, int64_t n,
+                                                          int64_t p0) {
+  using V = typename Vec<W>::type;
+  const int64_t D = DC > 0 ? DC : D_;
+  for (int64_t kv = 0; kv < HKi; ++kv) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* kr = k + r * ks + kv * D;
+      if constexpr (DC > 0) {
+        V kvec[DC / W];  // the key row, loaded once for all G q heads of this kv head
+        for (int i = 0; i < DC / W; ++i) kvec[i] = loadv<W>(kr + W * i);
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = kv * G + g;
+          const float* qh = qf + h * DC;
+          V acc = kvec[0] * loadv<W>(qh);
+          for (int i = 1; i < DC / W; ++i) acc += kvec[i] * loadv<W>(qh + W * i);
+          scores[h * n + p0 + r] = hsum<W>(acc);
+        }
+      } else {
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t h = kv * G + g;
+          scores[h * n + p0 + r] = dot(qf + h * D, kr, D);
+        }
+      }
+    }
+  }
+}
+
+/// acc_h += sum_r w[h, p0 + r] * v_r over `rows` consecutive value rows (row stride `vs`).
+template <int DC, int W>
+__attribute__((always_inline)) inline void block_accumulate_t(float* __restrict acc, const float* __restrict w,
+                                                              int64_t n, int64_t p0, const float* __restrict v,
+                                                              int64_t vs, int64_t rows, int64_t HKi, int64_t G,
+                                                              int64_t D_) {
+  using V = typename Vec<W>::type;
+  const int64_t D = DC > 0 ? DC : D_;
+  for (int64_t kv = 0; kv < HKi; ++kv) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = kv * G + g;
+      const float* wh = w + h * n + p0;
+      if constexpr (DC > 0) {
+        V a[DC / W];  // register-resident across the block's rows
+        for (int i = 0; i < DC / W; ++i) a[i] = loadv<W>(acc + h * DC + W * i);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float wt = wh[r];
+          const float* x = v + r * vs + kv * DC;
+          for (int i = 0; i < DC / W; ++i) a[i] += wt * loadv<W>(x + W * i);
+        }
+        for (int i = 0; i < DC / W; ++i) storev<W>(acc + h * DC + W * i, a[i]);
+      } else {
+        float* a = acc + h * D;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float wt = wh[r];
+          const float* x = v + r * vs + kv * D;
+          for (int64_t j = 0; j < D; ++j) a[j] += wt * x[j];
+        }
+      }
+    }
+  }
+}
+
+#define ALIGNKIT_BLOCK_ARGS_S                                                                                  \
+  const float *qf, const float *k, int64_t ks, int64_t rows, int64_t HKi, int64_t G, int64_t D, float *scores, \
+      int64_t n, int64_t p0
+#define ALIGNKIT_BLOCK_ARGS_A                                                                               \
+  float *acc, const float *w, int64_t n, int64_t p0, const float *v, int64_t vs, int64_t rows, int64_t HKi, \
+      int64_t G, int64_t D
+
+template <int DC>
+void block_scores_base(ALIGNKIT_BLOCK_ARGS_S) { block_scores_t<DC, 4>(qf, k, ks, rows, HKi, G, D, scores, n, p0); }
+template <int DC>
+void block_accumulate_base(ALIGNKIT_BLOCK_ARGS_A) {
+  block_accumulate_t<DC, 4>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+}
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+template <int DC>
+__attribute__((target("arch=x86-64-v3"))) void block_scores_v3(ALIGNKIT_BLOCK_ARGS_S) {
+  block_scores_t<DC, 8>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+}
+template <int DC>
+__attribute__((target("arch=x86-64-v3"))) void block_accumulate_v3(ALIGNKIT_BLOCK_ARGS_A) {
+  block_accumulate_t<DC, 8>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+}
+// Runs during static initialisation, so initialise the CPU model first (GCC's documented rule).
+const bool kHaveV3 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}();
+#else
+constexpr bool kHaveV3 = false;
+#endif
+
+/// Scores for one block of keys, on the widest SIMD the CPU offers.
+template <int DC>
+inline void block_scores(ALIGNKIT_BLOCK_ARGS_S) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (kHaveV3) return block_scores_v3<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+#endif
+  block_scores_base<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+}
+/// Value accumulation for one block, on the widest SIMD the CPU offers.
+template <int DC>
+inline void block_accumulate(ALIGNKIT_BLOCK_ARGS_A) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (kHaveV3) return block_accumulate_v3<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+#endif
+  block_accumulate_base<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+}
+#undef ALIGNKIT_BLOCK_ARGS_S
+#undef ALIGNKIT_BLOCK_ARGS_A
+#pragma GCC diagnostic pop
+
+/// Calls f(std::integral_constant<int, DC>) with DC = head_dim for common sizes, 0 otherwise.
+template <class F>
+inline void dispatch_dim(int64_t D, F&& f) {
+  switch (D) {
+    case 32: f(std::integral_constant<int, 32>{}); break;
+    case 64: f(std::integral_constant<int, 64>{}); break;
+    case 128: f(std::integral_constant<int, 128>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+/// In place sc[p] = exp(sc[p] - max) over each of the H rows of length n, and inv[h] = 1 / the
+/// row's sum (applied to the output, not the weights). exp is a Cephes-style polynomial (about 1 ulp) written
+/// with plain float/int ops so the loop vectorises; arguments are <= 0 and clamped at -87.
+ALIGNKIT_HOT void softmax_rows(float* scores, int64_t H, int64_t n, float* inv) {
+  for (int64_t h = 0; h < H; ++h) {
+    float* sc = scores + h * n;
+    // Eight independent running maxima: a single chain would serialise on vmaxss latency.
+    float mx[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t p = 0;
+    for (; p + 8 <= n; p += 8)
+      for (int l = 0; l < 8; ++l) mx[l] = sc[p + l] > mx[l] ? sc[p + l] : mx[l];
+    float m = -INFINITY;
+    for (int l = 0; l < 8; ++l) m = mx[l] > m ? mx[l] : m;
+    for (; p < n; ++p) m = sc[p] > m ? sc[p] : m;
+    for (p = 0; p < n; ++p) {
+      // x = max(sc - m, -87) computed on the bit pattern (x <= 0, so |x| decides); integer
+      // min keeps the loop branch-free and vectorisable, and sends NaN/-inf to -87 as well.
+      const float d = sc[p] - m;
+      int32_t xb;
+      std::memcpy(&xb, &d, sizeof(float));
+      xb &= 0x7fffffff;
+      xb = xb < 0x42ae0000 ? xb : 0x42ae0000;  // bits of 87.0f
+      float x;
+      std::memcpy(&x, &xb, sizeof(float));
+      x = -x;
+      const int32_t k = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);
+      const float fk = static_cast<float>(k);
+      float r = x - fk * 0.693359375f;
+      r = r - fk * -2.12194440e-4f;
+      float y = 1.9875691500e-4f;
+      y = y * r + 1.3981999507e-3f;
+      y = y * r + 8.3334519073e-3f;
+      y = y * r + 4.1665795894e-2f;
+      y = y * r + 1.6666665459e-1f;
+      y = y * r + 5.0000001201e-1f;
+      y = y * r * r + r + 1.0f;
+      const int32_t bits = (k + 127) << 23;
+      float two_k;
+      std::memcpy(&two_k, &bits, sizeof(float));
+      sc[p] = y * two_k;
+    }
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (p = 0; p + 8 <= n; p += 8)
+      for (int l = 0; l < 8; ++l) part[l] += sc[p + l];
+    float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; p < n; ++p) sum += sc[p];
+    inv[h] = 1.f / sum;
   }
 }
 
@@ -67,6 +267,22 @@ void write_kv_impl(const Tensor& kc, const Tensor& vc, const Tensor& k, const Te
   }, 64);
 }
 
+/// Rows [r0, r0 + rows) of one cache block's head segment as fp32 with row stride *stride:
+/// fp32 caches are read in place, 16-bit ones are converted into buf.
+template <class E>
+inline const float* block_rows(const typename E::storage* base, int64_t row_elems, int64_t seg, int64_t rows,
+                               float* buf, int64_t* stride) {
+  if constexpr (std::is_same<E, F32T>::value) {
+    *stride = row_elems;
+    return base;
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < seg; ++j) buf[r * seg + j] = E::load(base[r * row_elems + j]);
+    *stride = seg;
+    return buf;
+  }
+}
+
 template <class E>
 void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& bt,
                     const Tensor& ctx, const Tensor& qsl, float scale) {
@@ -84,8 +300,12 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
   S* od = out.ptr<S>();
 
   std::vector<int32_t> seq_of(static_cast<size_t>(T));
-  for (int64_t s = 0; s < S_; ++s)
+  int64_t total_keys = 0;
+  for (int64_t s = 0; s < S_; ++s) {
+    const int64_t qlen = qs[s + 1] - qs[s];
     for (int64_t t = qs[s]; t < qs[s + 1]; ++t) seq_of[t] = static_cast<int32_t>(s);
+    total_keys += qlen * cl[s] - qlen * (qlen - 1) / 2;  // query j of the chunk sees cl - qlen + j + 1 keys
+  }
 
   // One work item = one query token x a contiguous range of kv heads (all their q heads).
   // Heads of one cache row are adjacent in memory, so a range reads each key/value row
@@ -94,7 +314,13 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
   const int64_t chunks = std::min<int64_t>(HK, std::max<int64_t>(1, (want_items + T - 1) / T));
   const int64_t per = (HK + chunks - 1) / chunks;  // kv heads per item
   const int64_t n_chunks = (HK + per - 1) / per;
-  parallel_for(T * n_chunks, [&](int64_t item) {
+  const int64_t n_items = T * n_chunks;
+  // Calls under ~2^18 multiply-adds (tens of microseconds on one core) cost less than
+  // waking the pool, so they run inline on the calling thread.
+  const int64_t macs = total_keys * HQ * D * 2;
+  const int64_t grain = macs < (int64_t{1} << 18) ? n_items : 1;
+  const int64_t row_elems = HK * D;
+  parallel_for(n_items, [&](int64_t item) {
     const int64_t t = item / n_chunks;
     const int64_t h0 = (item % n_chunks) * per, h1 = std::min(HK, h0 + per);
     const int64_t H = (h1 - h0) * G;  // q heads in this item: h0*G .. h1*G-1
@@ -103,53 +329,50 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
     const int64_t pos = cl[s] - qlen + (t - qs[s]);
     const int64_t n = pos + 1;  // keys attended: positions 0..pos
     const int32_t* table = tables + s * MB;
+    const int64_t seg = (h1 - h0) * D;  // elements of the row segment this item reads
 
     // Scratch reused across items; raw pointers so the loops below do no TLS lookups.
     thread_local std::vector<float> scratch;
-    scratch.resize(static_cast<size_t>(H * D * 2 + H * n + 2 * per * D));
+    const bool convert = !std::is_same<E, F32T>::value;
+    scratch.resize(static_cast<size_t>(H * D * 2 + H * n + H + (convert ? BS * seg : 0)));
     float* qf = scratch.data();
     float* acc = qf + H * D;
     float* scores = acc + H * D;  // [H, n]
-    float* buf = scores + H * n;  // one converted cache row segment [(h1-h0), D]
+    float* inv = scores + H * n;  // [H]
+    float* buf = inv + H;         // one converted block segment [BS, seg]
     std::fill(acc, acc + H * D, 0.f);
     for (int64_t h = 0; h < H; ++h) {
       const S* qrow = qd + (t * HQ + h0 * G + h) * D;
       for (int64_t j = 0; j < D; ++j) qf[h * D + j] = E::load(qrow[j]) * scale;
     }
-    const int64_t seg = (h1 - h0) * D;  // elements of the row segment this item reads
-    const int64_t seg_bytes = seg * static_cast<int64_t>(sizeof(S));
-    auto row_of = [&](const S* base, int64_t p) {
-      return base + ((static_cast<int64_t>(table[p / BS]) * BS + p % BS) * HK + h0) * D;
+    const int64_t nblk = (n + BS - 1) / BS;
+    auto block_base = [&](const S* base, int64_t b) {
+      return base + (static_cast<int64_t>(table[b]) * BS * HK + h0) * D;
     };
-    for (int64_t p = 0; p < std::min(n, kPrefetchAhead); ++p) prefetch_row(row_of(kd, p), seg_bytes);
-    for (int64_t p = 0; p < n; ++p) {
-      if (p + kPrefetchAhead < n) prefetch_row(row_of(kd, p + kPrefetchAhead), seg_bytes);
-      const float* kr = as_float_row<E>(row_of(kd, p), seg, buf);
-      for (int64_t h = 0; h < H; ++h) scores[h * n + p] = dot(qf + h * D, kr + (h / G) * D, D);
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t rows = std::min(BS, n - b * BS);
+      if (b + 1 < nblk) __builtin_prefetch(block_base(kd, b + 1), 0, 1);
+      int64_t stride = 0;
+      const float* k = block_rows<E>(block_base(kd, b), row_elems, seg, rows, buf, &stride);
+      dispatch_dim(D, [&](auto dc) {
+        block_scores<decltype(dc)::value>(qf, k, stride, rows, h1 - h0, G, D, scores, n, b * BS);
+      });
     }
-    for (int64_t h = 0; h < H; ++h) {
-      float* sc = scores + h * n;
-      float m = -INFINITY;
-      for (int64_t p = 0; p < n; ++p) m = std::max(m, sc[p]);
-      float sum = 0.f;
-      for (int64_t p = 0; p < n; ++p) {
-        sc[p] = std::exp(sc[p] - m);
-        sum += sc[p];
-      }
-      const float inv = 1.f / sum;
-      for (int64_t p = 0; p < n; ++p) sc[p] *= inv;
-    }
-    for (int64_t p = 0; p < std::min(n, kPrefetchAhead); ++p) prefetch_row(row_of(vd, p), seg_bytes);
-    for (int64_t p = 0; p < n; ++p) {
-      if (p + kPrefetchAhead < n) prefetch_row(row_of(vd, p + kPrefetchAhead), seg_bytes);
-      const float* vr = as_float_row<E>(row_of(vd, p), seg, buf);
-      for (int64_t h = 0; h < H; ++h) axpy(acc + h * D, scores[h * n + p], vr + (h / G) * D, D);
+    softmax_rows(scores, H, n, inv);
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t rows = std::min(BS, n - b * BS);
+      if (b + 1 < nblk) __builtin_prefetch(block_base(vd, b + 1), 0, 1);
+      int64_t stride = 0;
+      const float* v = block_rows<E>(block_base(vd, b), row_elems, seg, rows, buf, &stride);
+      dispatch_dim(D, [&](auto dc) {
+        block_accumulate<decltype(dc)::value>(acc, scores, n, b * BS, v, stride, rows, h1 - h0, G, D);
+      });
     }
     for (int64_t h = 0; h < H; ++h) {
       S* orow = od + (t * HQ + h0 * G + h) * D;
-      for (int64_t j = 0; j < D; ++j) orow[j] = E::store(acc[h * D + j]);
+      for (int64_t j = 0; j < D; ++j) orow[j] = E::store(acc[h * D + j] * inv[h]);
     }
-  });
+  }, grain);
 }
 
 template <class F>
