@@ -56,6 +56,7 @@ def save_checkpoint(output_dir: str | Path, name: str, model: torch.nn.Module, t
         (tmp / "config.yaml").write_text(config_yaml)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / STATE_FILE)
+    _fsync_tree(tmp)  # contents durable before the rename makes them visible
     final = output_dir / name
     old = None
     if final.exists():  # os.replace cannot overwrite a non-empty directory: move the old one aside first
@@ -64,9 +65,30 @@ def save_checkpoint(output_dir: str | Path, name: str, model: torch.nn.Module, t
             shutil.rmtree(old)
         os.replace(final, old)
     os.replace(tmp, final)
+    _fsync_dir(output_dir)  # the rename itself survives a power loss
     if old is not None:
         shutil.rmtree(old)
     return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under `root`, then the directories, so a renamed checkpoint is never truncated."""
+    for dirpath, _, filenames in os.walk(root):
+        for fname in filenames:
+            fd = os.open(os.path.join(dirpath, fname), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:

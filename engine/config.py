@@ -162,6 +162,8 @@ def build_config(user: dict[str, Any] | DictConfig | TrainConfig) -> DictConfig:
             cfg[section][key] = value = "no"
         if value not in choices:
             raise ConfigError(f"{section}.{key}={value!r}: expected one of {', '.join(choices)}")
+    if cfg.data.max_prompt_length < 1:
+        raise ConfigError(f"data.max_prompt_length={cfg.data.max_prompt_length}: must be >= 1")
     if cfg.data.max_prompt_length >= cfg.data.max_length:
         raise ConfigError(f"data.max_prompt_length ({cfg.data.max_prompt_length}) must be smaller than "
                           f"data.max_length ({cfg.data.max_length}) so completions keep at least one token")

@@ -121,6 +121,30 @@ class ValueHead(nn.Module):
         return self.proj(hidden).squeeze(-1)
 
 
+def policy_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """Dtype of the trained weights: float32 master weights unless bfloat16 is asked for explicitly.
+
+    AdamW in float16 turns eps=1e-8 into 0 (0/0 on any zero gradient), and bf16 weights drop
+    updates below half a bf16 step (most of them at DPO learning rates), so `model.dtype=auto`
+    keeps the policy in float32 and bf16 compute comes from `train.mixed_precision`.
+    `model.dtype` still sets the dtype of the frozen models (reference, reward).
+    """
+    if spec == "float16":
+        raise ValueError("model.dtype=float16: the trained model cannot keep float16 weights (AdamW's eps "
+                         "underflows to 0 and updates turn into NaN); use model.dtype=float32 with "
+                         "train.mixed_precision=bf16")
+    return torch.bfloat16 if spec == "bfloat16" else torch.float32
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0, so policy log-probs compare with the eval-mode reference."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # Llama-style attention
+            module.attention_dropout = 0.0
+
+
 def load_policy(cfg: Any, needs: Any, path: str | None, dtype: torch.dtype, device: torch.device,
                 pad_token_id: int | None) -> nn.Module:
     """The trained model: a causal LM, or a one-output classifier when `needs.model == "reward"`."""

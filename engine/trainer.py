@@ -141,7 +141,8 @@ def train(cfg: Any) -> TrainResult:
     is_main = rank == 0
     out_dir = Path(cfg.output.dir)
     device = models.resolve_device(cfg.model.device)
-    dtype = models.resolve_dtype(cfg.model.dtype, device)
+    dtype = models.resolve_dtype(cfg.model.dtype, device)  # frozen models (reference)
+    train_dtype = models.policy_dtype(cfg.model.dtype, device)  # the trained weights
     autocast = autocast_factory(cfg.train.mixed_precision, device)
     seed_everything(cfg.train.seed)
 
@@ -159,7 +160,10 @@ def train(cfg: Any) -> TrainResult:
     # --- policy, optimizer, schedule, resume -------------------------------------------------
     resume_from = ckpt.resolve_resume(cfg.output.resume, out_dir)
     policy = models.load_policy(cfg, needs, str(resume_from) if resume_from else cfg.model.path,
-                                dtype, device, tokenizer.pad_token_id)
+                                train_dtype, device, tokenizer.pad_token_id)
+    if needs.reference:
+        # The cached reference ran in eval mode; dropout in the policy would bias every log-ratio.
+        models.disable_dropout(policy)
     policy.train()
     optimizer = build_optimizer(policy, cfg.train.lr, cfg.train.weight_decay)
     stream = BatchStream(train_split.examples, needs.data, tokenizer.pad_token_id, cfg.train.batch_size,

@@ -41,6 +41,10 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
             f"attention implementation {ATTN_NAME!r} was called without paged metadata: it is only "
             "active inside alignkit Sampler forwards. Do not set it on a model yourself; if you run the "
             "model from another thread while it samples, give that thread its own model copy.")
+    for unsupported in ("softcap", "s_aux"):  # soft-capping, attention sinks: not in the kernel
+        if kwargs.get(unsupported) is not None:
+            raise NotImplementedError(f"paged attention does not support {unsupported!r} yet "
+                                      f"({type(module).__name__}); sample this model with model.generate")
     layer_idx = getattr(module, "layer_idx", None)
     if layer_idx is None:
         raise RuntimeError(
@@ -86,6 +90,13 @@ class HFRunner:
             raise TypeError(f"{type(model).__name__} has no LM head; pass the *ForCausalLM / *LMHeadModel "
                             "class (e.g. AutoModelForCausalLM), not the bare base model")
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        # The paged kernel computes plain softmax attention; a model whose attention is soft-capped
+        # would be sampled from a different distribution than its training forward computes.
+        if getattr(text_config, "attn_logit_softcapping", None):
+            raise NotImplementedError(
+                f"{type(model).__name__} uses attention logit soft-capping "
+                f"(attn_logit_softcapping={text_config.attn_logit_softcapping}), which the paged "
+                "attention kernel does not implement yet; sample it with model.generate for now")
         self.model = model
         self.num_layers = int(text_config.num_hidden_layers)
         n_heads = int(text_config.num_attention_heads)

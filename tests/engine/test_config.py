@@ -98,3 +98,8 @@ def test_bare_no_for_mixed_precision_means_no_not_false(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {path: x}\ntrain: {mixed_precision: no}\n")
     assert load_config(str(recipe), []).train.mixed_precision == "no"
+
+
+def test_zero_prompt_length_is_rejected():
+    with pytest.raises(ConfigError, match="max_prompt_length=0"):
+        load_config(None, ["model.path=x", "data.max_prompt_length=0"])

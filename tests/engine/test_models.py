@@ -73,3 +73,26 @@ def test_hub_style_name_not_in_the_cache_names_the_key(monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", not_found)
     with pytest.raises(FileNotFoundError, match="model.path='no-such-org/no-such-model'"):
         models.load_tokenizer("no-such-org/no-such-model")
+
+
+def test_trained_weights_stay_float32_under_auto_and_float16_is_refused():
+    cpu = torch.device("cpu")
+    assert models.policy_dtype("auto", cpu) == torch.float32
+    assert models.policy_dtype("float32", cpu) == torch.float32
+    assert models.policy_dtype("bfloat16", cpu) == torch.bfloat16  # asked for explicitly
+    with pytest.raises(ValueError, match="train.mixed_precision=bf16"):
+        models.policy_dtype("float16", cpu)
+
+
+def test_disable_dropout_makes_a_train_mode_forward_equal_the_eval_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2, n_positions=32))
+    ids = torch.randint(0, 50, (2, 10))
+    model.eval()
+    eval_logits = model(ids).logits
+    model.train()
+    assert not torch.allclose(model(ids).logits, eval_logits)  # GPT-2 has dropout 0.1
+    models.disable_dropout(model)
+    torch.testing.assert_close(model(ids).logits, eval_logits, rtol=0, atol=1e-6)

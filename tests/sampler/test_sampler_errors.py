@@ -54,3 +54,12 @@ def test_prompt_larger_than_kv_budget_raises(llama):
     small = Sampler(llama, kv_cache_tokens=16, block_size=4)
     with pytest.raises(ValueError, match=r"(?i)kv|block|fit"):
         small.generate([[5] * 40], SamplingParams(max_new_tokens=4))
+
+
+def test_attention_soft_capping_models_are_refused_not_sampled_wrongly():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, attn_logit_softcapping=50.0)
+    with pytest.raises(NotImplementedError, match="soft-capping"):
+        Sampler(Gemma2ForCausalLM(cfg))
