@@ -15,6 +15,10 @@ Offline preference data (`Needs(data="preference")`):
   chosen_lengths, rejected_lengths      [B]   completion token counts (float)
   chosen_rewards, rejected_rewards      [B]   scalar scores (needs.model == "reward")
   chosen_nll_mean                       [B]   mean token NLL of the chosen completion (ORPO, RPO)
+Every batch with completions also carries `batch["token_normalizer"]` (scalar): the completion
+tokens of the whole optimizer step divided by (micro-batches x ranks). A token-mean loss divides
+its micro-batch token sum by it, so the mean is over every token of the step however they fall
+into micro-batches and ranks (the engine averages micro-batch losses).
 SFT data (`Needs(data="sft")`):
   logps [B], lengths [B], token_logps [B, T], mask [B, T]
 Prompt data with rollouts (`Needs(data="prompt", rollouts=Rollouts(...))`), per sampled completion:

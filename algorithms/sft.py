@@ -29,9 +29,12 @@ class SFT(Objective):
         """Token-mean (or sequence-mean) NLL of the completion tokens."""
         logps_sum, lengths = out.logps, out.lengths.to(out.logps.dtype)
         if self.cfg.reduction == "token":
-            loss = -logps_sum.sum() / lengths.sum().clamp_min(1.0)
+            # The engine's step-wide token count, so accumulation and ranks do not change the mean.
+            normalizer = batch.get("token_normalizer", lengths.sum().clamp_min(1.0))
+            loss = -logps_sum.sum() / normalizer
         elif self.cfg.reduction == "sequence":
             loss = -(logps_sum / lengths.clamp_min(1.0)).mean()
         else:
             raise ValueError(f"sft reduction={self.cfg.reduction!r}: expected 'token' or 'sequence'")
-        return loss, {"nll": loss.detach(), "tokens": lengths.sum().detach()}
+        nll = -logps_sum.detach().sum() / lengths.sum().clamp_min(1.0)
+        return loss, {"nll": nll, "tokens": lengths.sum().detach()}

@@ -101,11 +101,22 @@ def evaluate(policy: torch.nn.Module, objective: Any, examples: list[dict[str, A
     # Longest first: batches of similar lengths waste less compute on padding (order does not change the means).
     mine = sorted(examples[rank::world], key=padded_length, reverse=True)
     sums: dict[str, float] = defaultdict(float)
+    # Losses are row-weighted below; give each batch the token normalizer that makes a token-mean
+    # loss average over every eval token (all ranks): tokens x this batch's share of the rows.
+    counts = torch.tensor([float(sum(len(e.get("completion_ids", e.get("chosen_ids", [])))
+                                      + len(e.get("rejected_ids", [])) for e in mine)), float(len(mine))],
+                          dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(counts)
+    eval_tokens, eval_rows = counts.tolist()
     policy.eval()
     try:
         for start in range(0, len(mine), batch_size):
             rows = mine[start: start + batch_size]
-            batch = _to_device(collate(rows, fmt, pad_id), device)
+            batch = collate(rows, fmt, pad_id)
+            if "completion_mask" in batch:
+                batch["token_normalizer"] = torch.tensor(max(eval_tokens * len(rows) / max(eval_rows, 1.0), 1.0))
+            batch = _to_device(batch, device)
             with autocast():
                 loss, metrics = objective.loss(batch, compute_outputs(policy, objective.needs, batch))
             sums["loss"] += float(loss) * len(rows)
@@ -125,6 +136,23 @@ def evaluate(policy: torch.nn.Module, objective: Any, examples: list[dict[str, A
 def _next_micro_batches(stream: BatchStream, grad_accum: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The micro-batches of one optimizer step (the online rollout phase will produce these instead)."""
     return [_to_device(stream.next(), device) for _ in range(grad_accum)]
+
+
+def _set_token_normalizer(micro_batches: list[dict[str, torch.Tensor]], world: int) -> None:
+    """Give every micro-batch `token_normalizer` = completion tokens of the whole step / (accum x ranks).
+
+    The loop averages micro-batch losses over accumulation steps and ranks; a token-mean loss that
+    divides its own token sum by this number therefore averages over every token of the step,
+    however the tokens fall into micro-batches (a per-micro-batch mean would not).
+    """
+    if not micro_batches or "completion_mask" not in micro_batches[0]:
+        return
+    tokens = sum(mb["completion_mask"].sum() for mb in micro_batches).to(torch.float64)
+    if world > 1:
+        dist.all_reduce(tokens)
+    normalizer = (tokens / (len(micro_batches) * world)).clamp_min(1.0).float()
+    for mb in micro_batches:
+        mb["token_normalizer"] = normalizer
 
 
 def train(cfg: Any) -> TrainResult:
@@ -213,7 +241,9 @@ def train(cfg: Any) -> TrainResult:
     try:
         while step < total_steps:
             optimizer.zero_grad(set_to_none=True)
-            for batch in _next_micro_batches(stream, grad_accum, device):
+            micro_batches = _next_micro_batches(stream, grad_accum, device)
+            _set_token_normalizer(micro_batches, world)
+            for batch in micro_batches:
                 with autocast():
                     out = compute_outputs(policy, needs, batch)
                     loss, metrics = objective.loss(batch, out)

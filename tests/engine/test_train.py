@@ -154,3 +154,34 @@ def test_tools_train_is_an_executable_launcher():
     assert script.read_text().startswith("#!/usr/bin/env python3")
     proc = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "algo.name=<name>" in proc.stdout and "  dpo:" in proc.stdout
+
+
+def _uneven_sft_rows() -> list[dict[str, str]]:
+    # Completions of very different lengths: a per-micro-batch token mean would weigh the short
+    # one's tokens as much as all of the long one's.
+    return [{"prompt": "what is the cat ?", "completion": "the cat sat on the mat . the cat sat on the mat ."},
+            {"prompt": "what is the dog ?", "completion": "dog"}]
+
+
+def test_sft_token_mean_is_the_same_with_gradient_accumulation(tmp_path, tiny_lm):
+    data = write_jsonl(tmp_path / "u.jsonl", _uneven_sft_rows())
+    norms = []
+    for batch_size, accum in ((2, 1), (1, 2)):
+        out = tmp_path / f"out-{batch_size}-{accum}"
+        cfg = load_config(None, base_overrides(tiny_lm.path, out, data, "sft", **{
+            "train.max_steps": 1, "train.batch_size": batch_size, "train.grad_accum": accum,
+            "data.shuffle": False, "data.max_length": 48}))
+        train(cfg)
+        norms.append(read_metrics(out)[0]["grad_norm"])
+    assert norms[0] == pytest.approx(norms[1], rel=1e-4), norms
+
+
+def test_sft_eval_loss_does_not_depend_on_the_eval_batch_size(tmp_path, tiny_lm):
+    data = write_jsonl(tmp_path / "u.jsonl", _uneven_sft_rows())
+    losses = []
+    for eval_batch in (1, 2):
+        cfg = load_config(None, base_overrides(tiny_lm.path, tmp_path / f"e{eval_batch}", data, "sft", **{
+            "train.max_steps": 1, "train.lr": 1e-9, "data.eval": str(data), "train.eval_batch_size": eval_batch,
+            "data.max_length": 48}))
+        losses.append(train(cfg).eval_metrics["loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5), losses
