@@ -110,12 +110,20 @@ def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def rotate_checkpoints(output_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints (keep_last <= 0 keeps all); returns the deleted."""
+def rotate_checkpoints(output_dir: str | Path, keep_last: int, current_step: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints (keep_last <= 0 keeps all); returns the deleted.
+
+    With `current_step`, checkpoints from beyond it are stale — left by a run that was resumed
+    from an earlier checkpoint — and are deleted first, so the one just written is never rotated
+    out in their favour and `resume=auto` cannot jump to the abandoned run.
+    """
     ckpts = list_checkpoints(output_dir)
-    if keep_last <= 0 or len(ckpts) <= keep_last:
-        return []
-    doomed = [p for _, p in ckpts[:-keep_last]]
+    doomed = []
+    if current_step is not None:
+        doomed = [p for step, p in ckpts if step > current_step]
+        ckpts = [(step, p) for step, p in ckpts if step <= current_step]
+    if keep_last > 0 and len(ckpts) > keep_last:
+        doomed += [p for _, p in ckpts[:-keep_last]]
     for p in doomed:
         shutil.rmtree(p)
     return doomed

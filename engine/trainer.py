@@ -230,7 +230,7 @@ def train(cfg: Any) -> TrainResult:
                 "objective": cfg.algo.name}
             path = ckpt.save_checkpoint(out_dir, name, policy, tokenizer, state, config_yaml)
             if with_state:
-                ckpt.rotate_checkpoints(out_dir, cfg.output.keep_last)
+                ckpt.rotate_checkpoints(out_dir, cfg.output.keep_last, current_step=step)
         if world > 1:
             dist.barrier()
         return path

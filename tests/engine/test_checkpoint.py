@@ -113,6 +113,17 @@ def test_keep_last_rotation_and_overwrite(tmp_path, tiny_lm):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3"]
 
 
+def test_rotation_after_resuming_from_an_earlier_checkpoint_drops_the_abandoned_run(tmp_path, tiny_lm):
+    # Resumed from checkpoint-100 while checkpoint-200 (an abandoned continuation) exists,
+    # keep_last=1: saving step 150 must keep 150, not the stale 200.
+    model = tf.AutoModelForCausalLM.from_pretrained(tiny_lm.path)
+    for step in (100, 200, 150):
+        ckpt.save_checkpoint(tmp_path, f"checkpoint-{step}", model, None, {"step": step})
+    ckpt.rotate_checkpoints(tmp_path, keep_last=1, current_step=150)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [150]
+    assert ckpt.resolve_resume("auto", tmp_path).name == "checkpoint-150"
+
+
 def test_resume_from_a_path_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="output.resume"):
         ckpt.resolve_resume(str(tmp_path), tmp_path)
