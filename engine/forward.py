@@ -33,7 +33,15 @@ def sequence_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     base = unwrap(model)
     trunk = getattr(base, getattr(base, "base_model_prefix", ""), None)
     score = getattr(base, "score", None)
-    last = attention_mask.sum(-1) - 1
+    # Read the score where transformers' *ForSequenceClassification reads it — the rightmost
+    # non-pad token — so the saved reward model scores at the position it was trained at. (When
+    # pad == eos, the default for tokenizers without a pad token, that is the token before the EOS.)
+    real = attention_mask.bool()
+    pad_id = getattr(base.config, "pad_token_id", None)
+    if pad_id is not None:
+        real = real & (input_ids != pad_id)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * real).argmax(-1)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     if isinstance(trunk, nn.Module) and isinstance(score, nn.Module):
         hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]

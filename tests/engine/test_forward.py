@@ -56,3 +56,20 @@ def test_sft_outputs_and_reward_scores_read_the_last_real_token(tiny_lm):
         scores = sequence_scores(rm, batch["input_ids"], batch["attention_mask"])
         alone = rm(input_ids=torch.tensor([rows[0]["prompt_ids"] + rows[0]["completion_ids"]])).logits[0, 0]
     torch.testing.assert_close(scores[0], alone, atol=1e-5, rtol=0)
+
+
+def test_reward_scores_match_the_hf_classifier_when_pad_is_eos(tiny_lm):
+    # Tokenizers without a pad token get pad = eos; the trained score must sit where HF's own
+    # sequence-classifier forward reads it (the rightmost non-pad token), or the saved reward
+    # model would score a different position than it was trained at.
+    rm = tf.AutoModelForSequenceClassification.from_pretrained(tiny_lm.path, num_labels=1).eval()
+    eos = tiny_lm.tokenizer.eos_token_id
+    rm.config.pad_token_id = eos
+    enc = RowEncoder(tiny_lm.tokenizer, "sft", 64, 32)
+    rows = [enc({"prompt": "hi", "completion": "yes good"}), enc({"prompt": "hi the cat", "completion": "no"})]
+    batch = collate(rows, "sft", eos)
+    assert (batch["input_ids"] == eos).any()  # completions end with EOS, which is also the pad id
+    with torch.no_grad():
+        ours = sequence_scores(rm, batch["input_ids"], batch["attention_mask"])
+        theirs = rm(input_ids=batch["input_ids"]).logits[:, 0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
