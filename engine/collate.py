@@ -62,6 +62,11 @@ def padded_length(row: dict[str, Any]) -> int:
     return len(row["prompt_ids"]) + max(completions, default=0)
 
 
+def completion_tokens(row: dict[str, Any]) -> int:
+    """Tokens an encoded row contributes to its batch's completion_mask (all of its completions)."""
+    return sum(len(v) for k, v in row.items() if k.endswith("_ids") and k != "prompt_ids")
+
+
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1) -> list[int]:
     """This rank's row indices for one epoch: one seeded permutation shared by all ranks, strided by rank.
 

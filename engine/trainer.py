@@ -33,7 +33,7 @@ import torch.distributed as dist
 
 from alignkit.engine import checkpoint as ckpt
 from alignkit.engine import models
-from alignkit.engine.collate import BatchStream, collate, padded_length
+from alignkit.engine.collate import BatchStream, collate, completion_tokens, padded_length
 from alignkit.engine.config import build_config, objective_from_config, to_yaml
 from alignkit.engine.data import load_splits
 from alignkit.engine.forward import compute_outputs
@@ -103,9 +103,7 @@ def evaluate(policy: torch.nn.Module, objective: Any, examples: list[dict[str, A
     sums: dict[str, float] = defaultdict(float)
     # Losses are row-weighted below; give each batch the token normalizer that makes a token-mean
     # loss average over every eval token (all ranks): tokens x this batch's share of the rows.
-    counts = torch.tensor([float(sum(len(e.get("completion_ids", e.get("chosen_ids", [])))
-                                      + len(e.get("rejected_ids", [])) for e in mine)), float(len(mine))],
-                          dtype=torch.float64)
+    counts = torch.tensor([float(sum(map(completion_tokens, mine))), float(len(mine))], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(counts)
     eval_tokens, eval_rows = counts.tolist()
