@@ -136,7 +136,7 @@ void write_kv_cuda(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k
   cuda::DeviceGuard guard(k.device_id);
   const int64_t row = k_cache.shape[2] * k_cache.shape[3];
   const int64_t num_slots = k_cache.shape[0] * k_cache.shape[1];
-  cuda::dispatch_float(k.dtype, [&](auto tag) {
+  alignkit::dispatch_float(k.dtype, [&](auto tag) {
     using E = decltype(tag);
     using S = typename E::storage;
     write_kv_kernel<E><<<static_cast<unsigned>(k.shape[0]), 128, 0, cuda::as_stream(stream)>>>(
@@ -165,7 +165,7 @@ void paged_attention_cuda(const Tensor& out, const Tensor& q, const Tensor& k_ca
   if (block_tables.shape[0] == 0) return;
   cuda::DeviceGuard guard(q.device_id);
   const dim3 grid(static_cast<unsigned>(q.shape[0]), static_cast<unsigned>(q.shape[1]));
-  cuda::dispatch_float(q.dtype, [&](auto tag) {
+  alignkit::dispatch_float(q.dtype, [&](auto tag) {
     using E = decltype(tag);
     using S = typename E::storage;
     paged_attention_kernel<E><<<grid, kThreads, 0, cuda::as_stream(stream)>>>(

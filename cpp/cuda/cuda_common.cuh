@@ -68,15 +68,6 @@ __device__ T block_max(T v, T* buf) {
   return r;
 }
 
-template <class F>
-void dispatch_float(DType t, F&& f) {
-  switch (t) {
-    case DType::F32: f(F32T{}); break;
-    case DType::BF16: f(BF16T{}); break;
-    case DType::F16: f(F16T{}); break;
-    default: throw std::invalid_argument("internal: CUDA kernels take float32/bfloat16/float16");
-  }
-}
 
 }  // namespace cuda
 }  // namespace alignkit

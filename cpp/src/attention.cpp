@@ -375,15 +375,6 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
   }, grain);
 }
 
-template <class F>
-void dispatch_float(DType t, F&& f) {
-  switch (t) {
-    case DType::F32: f(F32T{}); break;
-    case DType::BF16: f(BF16T{}); break;
-    case DType::F16: f(F16T{}); break;
-    default: bad("internal: attention kernels take float32/bfloat16/float16");
-  }
-}
 
 }  // namespace
 

@@ -136,4 +136,15 @@ struct F16T {
   static AK_HD uint16_t store(float x) { return float_to_f16(x); }
 };
 
+/// Call f with the element tag of a floating dtype (CPU and CUDA kernels share it).
+template <class F>
+void dispatch_float(DType t, F&& f) {
+  switch (t) {
+    case DType::F32: f(F32T{}); break;
+    case DType::BF16: f(BF16T{}); break;
+    case DType::F16: f(F16T{}); break;
+    default: throw std::invalid_argument("internal: kernels take float32/bfloat16/float16");
+  }
+}
+
 }  // namespace alignkit
