@@ -8,21 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "alignkit/simd.h"
 #include "alignkit/thread_pool.h"
 
 namespace alignkit {
 namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
-
-// softmax_rows is compiled twice (AVX2+FMA and baseline x86-64; GCC picks one at load time), so
-// the wheel runs on any x86-64 while current CPUs get 8-wide FMA. The choice is per machine, so
-// results stay bitwise identical across thread counts.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ALIGNKIT_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define ALIGNKIT_HOT
-#endif
 
 /// Dot product with 8 independent accumulators so -O3 vectorises it without -ffast-math.
 inline float dot(const float* a, const float* b, int64_t d) {
@@ -201,8 +193,7 @@ inline void dispatch_dim(int64_t D, F&& f) {
 }
 
 /// In place sc[p] = exp(sc[p] - max) over each of the H rows of length n, and inv[h] = 1 / the
-/// row's sum (applied to the output, not the weights). exp is a Cephes-style polynomial (about 1 ulp) written
-/// with plain float/int ops so the loop vectorises; arguments are <= 0 and clamped at -87.
+/// row's sum (applied to the output, not the weights); exp_nonpos vectorises (simd.h).
 ALIGNKIT_HOT void softmax_rows(float* scores, int64_t H, int64_t n, float* inv) {
   for (int64_t h = 0; h < H; ++h) {
     float* sc = scores + h * n;
@@ -214,33 +205,7 @@ ALIGNKIT_HOT void softmax_rows(float* scores, int64_t H, int64_t n, float* inv) 
     float m = -INFINITY;
     for (int l = 0; l < 8; ++l) m = mx[l] > m ? mx[l] : m;
     for (; p < n; ++p) m = sc[p] > m ? sc[p] : m;
-    for (p = 0; p < n; ++p) {
-      // x = max(sc - m, -87) computed on the bit pattern (x <= 0, so |x| decides); integer
-      // min keeps the loop branch-free and vectorisable, and sends NaN/-inf to -87 as well.
-      const float d = sc[p] - m;
-      int32_t xb;
-      std::memcpy(&xb, &d, sizeof(float));
-      xb &= 0x7fffffff;
-      xb = xb < 0x42ae0000 ? xb : 0x42ae0000;  // bits of 87.0f
-      float x;
-      std::memcpy(&x, &xb, sizeof(float));
-      x = -x;
-      const int32_t k = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);
-      const float fk = static_cast<float>(k);
-      float r = x - fk * 0.693359375f;
-      r = r - fk * -2.12194440e-4f;
-      float y = 1.9875691500e-4f;
-      y = y * r + 1.3981999507e-3f;
-      y = y * r + 8.3334519073e-3f;
-      y = y * r + 4.1665795894e-2f;
-      y = y * r + 1.6666665459e-1f;
-      y = y * r + 5.0000001201e-1f;
-      y = y * r * r + r + 1.0f;
-      const int32_t bits = (k + 127) << 23;
-      float two_k;
-      std::memcpy(&two_k, &bits, sizeof(float));
-      sc[p] = y * two_k;
-    }
+    for (p = 0; p < n; ++p) sc[p] = exp_nonpos(sc[p] - m);
     float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     for (p = 0; p + 8 <= n; p += 8)
       for (int l = 0; l < 8; ++l) part[l] += sc[p + l];

@@ -1,0 +1,48 @@
+// Helpers the CPU kernels share so their hot loops vectorise without -ffast-math.
+//
+// ALIGNKIT_HOT compiles a function twice (AVX2+FMA and baseline x86-64; GCC picks one at load
+// time), so the wheel runs on any x86-64 while current CPUs get 8-wide FMA. The choice is per
+// machine, so results stay bitwise identical across thread counts and batch compositions.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ALIGNKIT_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define ALIGNKIT_HOT
+#endif
+
+namespace alignkit {
+
+/// exp(d) for d <= 0 (NaN and -inf give exp(-87) ~ 1.6e-38, never NaN): a Cephes-style
+/// polynomial, about 1 ulp, written with plain float/int ops so a loop calling it vectorises.
+__attribute__((always_inline)) inline float exp_nonpos(float d) {
+  // x = max(d, -87) computed on the bit pattern (d <= 0, so |d| decides); an integer min keeps
+  // the loop branch-free, and sends NaN / -inf to -87 as well.
+  int32_t xb;
+  std::memcpy(&xb, &d, sizeof(float));
+  xb &= 0x7fffffff;
+  xb = xb < 0x42ae0000 ? xb : 0x42ae0000;  // bits of 87.0f
+  float x;
+  std::memcpy(&x, &xb, sizeof(float));
+  x = -x;
+  const int32_t k = static_cast<int32_t>(x * 1.44269504088896341f - 0.5f);
+  const float fk = static_cast<float>(k);
+  float r = x - fk * 0.693359375f;
+  r = r - fk * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (k + 127) << 23;
+  float two_k;
+  std::memcpy(&two_k, &bits, sizeof(float));
+  return y * two_k;
+}
+
+}  // namespace alignkit
