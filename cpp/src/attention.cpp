@@ -197,17 +197,11 @@ inline void dispatch_dim(int64_t D, F&& f) {
 ALIGNKIT_HOT void softmax_rows(float* scores, int64_t H, int64_t n, float* inv) {
   for (int64_t h = 0; h < H; ++h) {
     float* sc = scores + h * n;
-    // Eight independent running maxima: a single chain would serialise on vmaxss latency.
-    float mx[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    const float m = row_max(sc, n);
+    for (int64_t p = 0; p < n; ++p) sc[p] = exp_nonpos(sc[p] - m);
     int64_t p = 0;
-    for (; p + 8 <= n; p += 8)
-      for (int l = 0; l < 8; ++l) mx[l] = sc[p + l] > mx[l] ? sc[p + l] : mx[l];
-    float m = -INFINITY;
-    for (int l = 0; l < 8; ++l) m = mx[l] > m ? mx[l] : m;
-    for (; p < n; ++p) m = sc[p] > m ? sc[p] : m;
-    for (p = 0; p < n; ++p) sc[p] = exp_nonpos(sc[p] - m);
     float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (p = 0; p + 8 <= n; p += 8)
+    for (; p + 8 <= n; p += 8)
       for (int l = 0; l < 8; ++l) part[l] += sc[p + l];
     float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
     for (; p < n; ++p) sum += sc[p];

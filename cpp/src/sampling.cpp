@@ -16,61 +16,41 @@ namespace {
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 
-/// max of x[0, n), with eight independent running maxima so the loop vectorises.
-ALIGNKIT_HOT float row_max(const float* x, int64_t n) {
-  float mx[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) mx[l] = x[i + l] > mx[l] ? x[i + l] : mx[l];
-  float m = -INFINITY;
-  for (int l = 0; l < 8; ++l) m = mx[l] > m ? mx[l] : m;
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
-// Sums below run as eight float lanes over chunks of kChunk values (each term is in [0, 1],
-// so a chunk's float sum is exact to ~1e-7 relative) and add the chunks in double.
+// Sums below run as eight float lanes over chunks of kChunk terms (each term is in [0, 1], so a
+// chunk's float sum is exact to ~1e-7 relative) and add the chunks in double.
 constexpr int64_t kChunk = 512;
+
+/// sum of term(i) over [0, n) (term is always inlined into the vectorised loop).
+template <class Term>
+__attribute__((always_inline)) inline double chunked_sum(int64_t n, Term term) {
+  double total = 0.0;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t e = std::min(n, c + kChunk);
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = c;
+    for (; i + 8 <= e; i += 8)
+      for (int l = 0; l < 8; ++l) part[l] += term(i + l);
+    float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < e; ++i) s += term(i);
+    total += s;
+  }
+  return total;
+}
 
 /// log(sum(exp(x - m))) + m over n values, m = max(x).
 ALIGNKIT_HOT double logsumexp(const float* x, int64_t n, float m) {
   if (std::isinf(m) && m < 0) return -INFINITY;
-  double total = 0.0;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t e = std::min(n, c + kChunk);
-    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = c;
-    for (; i + 8 <= e; i += 8)
-      for (int l = 0; l < 8; ++l) part[l] += exp_nonpos(x[i + l] - m);
-    float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    for (; i < e; ++i) s += exp_nonpos(x[i] - m);
-    total += s;
-  }
-  return static_cast<double>(m) + std::log(total);
+  return static_cast<double>(m) +
+         std::log(chunked_sum(n, [&](int64_t i) __attribute__((always_inline)) { return exp_nonpos(x[i] - m); }));
 }
 
 /// z[i] = x[i] / T and w[i] = exp(z[i] - mz) for mz = max(z) (so w is in (0, 1]); returns sum(w).
 ALIGNKIT_HOT double tempered_weights(const float* x, int64_t n, float T, float mz, float* z, float* w) {
-  double total = 0.0;
-  for (int64_t c = 0; c < n; c += kChunk) {
-    const int64_t e = std::min(n, c + kChunk);
-    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t i = c;
-    for (; i + 8 <= e; i += 8)
-      for (int l = 0; l < 8; ++l) {
-        z[i + l] = x[i + l] / T;
-        w[i + l] = exp_nonpos(z[i + l] - mz);
-        part[l] += w[i + l];
-      }
-    float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    for (; i < e; ++i) {
-      z[i] = x[i] / T;
-      w[i] = exp_nonpos(z[i] - mz);
-      s += w[i];
-    }
-    total += s;
-  }
-  return total;
+  return chunked_sum(n, [&](int64_t i) __attribute__((always_inline)) {
+    z[i] = x[i] / T;
+    w[i] = exp_nonpos(z[i] - mz);
+    return w[i];
+  });
 }
 
 /// z-threshold for top-p on the kept set {i : z[i] >= tz}: keep i iff the mass of strictly
@@ -109,7 +89,7 @@ float top_p_threshold(const std::vector<float>& z, const std::vector<float>& w, 
   return tz;  // not reached: the top level is always kept
 }
 
-void sample_row(const SampleArgs& a, int64_t r) {
+ALIGNKIT_HOT void sample_row(const SampleArgs& a, int64_t r) {
   const int64_t V = a.logits.shape[1];
   const float* x = a.logits.ptr<float>() + r * V;
   const float T = a.temperature.ptr<float>()[r];

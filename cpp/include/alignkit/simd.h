@@ -45,4 +45,17 @@ __attribute__((always_inline)) inline float exp_nonpos(float d) {
   return y * two_k;
 }
 
+/// max of x[0, n) (-inf if empty), with eight independent running maxima so the loop vectorises.
+__attribute__((always_inline)) inline float row_max(const float* x, int64_t n) {
+  float mx[8] = {-__builtin_inff(), -__builtin_inff(), -__builtin_inff(), -__builtin_inff(),
+                 -__builtin_inff(), -__builtin_inff(), -__builtin_inff(), -__builtin_inff()};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) mx[l] = x[i + l] > mx[l] ? x[i + l] : mx[l];
+  float m = -__builtin_inff();
+  for (int l = 0; l < 8; ++l) m = mx[l] > m ? mx[l] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 }  // namespace alignkit
