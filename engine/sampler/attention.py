@@ -40,6 +40,10 @@ class PagedAttention:
 
         q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim] -> out [T, num_heads, head_dim].
         """
+        kc, vc = self.cache.k[layer_idx], self.cache.v[layer_idx]
+        if torch.compiler.is_compiling():  # traced by torch.compile: one graph node (attention_op.py)
+            return torch.ops.alignkit.paged_attention(q, k, v, kc, vc, self.slot_mapping, self.block_tables,
+                                                      self.context_lens, self.query_start_loc, float(scale))
         # The kernels read raw memory: they need dense rows (GPT-2's fused qkv split is strided).
         if not q.is_contiguous():
             q = q.contiguous()
@@ -47,7 +51,6 @@ class PagedAttention:
             k = k.contiguous()
         if not v.is_contiguous():
             v = v.contiguous()
-        kc, vc = self.cache.k[layer_idx], self.cache.v[layer_idx]
         if k.dtype != kc.dtype:
             k, v, q = k.to(kc.dtype), v.to(kc.dtype), q.to(kc.dtype)
         self.ops.write_kv(kc, vc, k, v, self.slot_mapping, self.stream)

@@ -151,15 +151,25 @@ class HFRunner:
             if was_training:
                 self.model.train()
 
+    def compile(self) -> None:
+        """Run the model's step through `torch.compile` from now on (see `Sampler(compile=True)`)."""
+        self._model_step = torch.compile(self._model_step, dynamic=True)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: PagedAttention) -> torch.Tensor:
         """One packed step through the HF model; float32 logits [R, vocab] for `attn.logits_indices`."""
+        # The switch stays outside the (possibly compiled) step: it is a side effect on the
+        # model's configs that must always be undone, not something to trace.
+        with self._paged_mode():
+            return self._model_step(input_ids, positions, attn)
+
+    def _model_step(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                    attn: PagedAttention) -> torch.Tensor:
         kwargs: dict[str, Any] = dict(input_ids=input_ids.unsqueeze(0), position_ids=positions.unsqueeze(0),
                                       use_cache=False, alignkit_paged=attn)
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = attn.logits_indices
-        with self._paged_mode():
-            logits = self.model(**kwargs).logits[0]
+        logits = self.model(**kwargs).logits[0]
         if not self._logits_to_keep:
             logits = logits.index_select(0, attn.logits_indices)
         return logits.float()

@@ -1,0 +1,41 @@
+"""The paged-attention kernels as one torch custom op, so `torch.compile` can trace a model through them.
+
+Eager sampler steps call the extension directly (`PagedAttention.attend`). Under
+`torch.compile` the nanobind functions would break the graph at every layer; wrapped as the
+custom op `alignkit::paged_attention` (which declares the two cache tensors it writes) the whole
+decoder stays one graph, and inductor fuses the norms, rotary embeddings and activations around it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_op = None
+
+
+def paged_attention_op():
+    """The registered `torch.ops.alignkit.paged_attention` (registered on first use)."""
+    global _op
+    if _op is not None:
+        return _op
+    import alignkit._sampler as ext
+
+    @torch.library.custom_op("alignkit::paged_attention", mutates_args=("k_cache", "v_cache"))
+    def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                        v_cache: torch.Tensor, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
+                        context_lens: torch.Tensor, query_start_loc: torch.Tensor, scale: float) -> torch.Tensor:
+        """Write k/v into their cache slots, then attend q over each sequence's cache ([T, heads, dim])."""
+        dt = k_cache.dtype
+        q, k, v = q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous()
+        stream = torch.cuda.current_stream(q.device).cuda_stream if q.is_cuda else 0
+        ext.write_kv(k_cache, v_cache, k, v, slot_mapping, stream)
+        out = torch.empty_like(q)
+        ext.paged_attention(out, q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, stream)
+        return out
+
+    @paged_attention.register_fake
+    def _(q, k, v, k_cache, v_cache, slot_mapping, block_tables, context_lens, query_start_loc, scale):
+        return torch.empty(q.shape, dtype=k_cache.dtype, device=q.device)
+
+    _op = paged_attention
+    return _op
