@@ -12,11 +12,14 @@ a `torch.mm` peak measured in the same run.
 
     python benchmarks/rollout.py [--prompts 16 --group 8 --prompt-len 64 --max-new 256 --threads 2]
 
-On a machine shared with other jobs, torch's OpenMP threads spin-wait and collapse when cores are
-oversubscribed (small GEMMs 15-30x slower on 2 threads than on 1), so with --threads > 1 the script
-re-executes itself with OMP_WAIT_POLICY=PASSIVE unless you set the variable yourself; it applies
-to all three systems alike. Read `load_avg_start`/`load_avg_end` in the output: the machine may
-be busy with other work.
+Our sampler runs twice: with `Sampler(compile=True)` (the headline `ours_*` figures; its one-off
+warm-up, which includes compiling, is reported as `ours_warmup_s`) and eager (`ours_eager_*`).
+
+OpenMP threads: torch's default (spin, then sleep) is what users get and is best on an idle
+machine; on one shared with other jobs spinning threads collapse when cores are oversubscribed
+(small GEMMs 15-30x slower on 2 threads than on 1). `--omp-passive` re-runs the script with
+OMP_WAIT_POLICY=PASSIVE (no spinning, but every parallel op pays a thread wake-up). Either way it
+applies to all three systems alike. Read `load_avg_start`/`load_avg_end`: the machine may be busy.
 """
 
 from __future__ import annotations
@@ -72,19 +75,38 @@ def real_len(tokens: list[int], stop: set[int]) -> int:
     return len(tokens)
 
 
-def run_ours(model, prompts, stop, args):
-    """alignkit Sampler; returns (real tokens, seconds, sampler stats)."""
+_samplers: dict = {}
+_warmup_s: dict = {}
+
+
+def run_ours(model, prompts, stop, args, compile=False):
+    """alignkit Sampler; returns (real tokens, seconds, sampler stats, lengths, graphs compiled during the run).
+
+    The Sampler is kept across rounds, as an RL loop keeps it across steps. Its first use warms it
+    up on a small workload that meets every step shape (several sequences and a lone one): with
+    `compile` that is when the graphs compile, and the seconds it took are reported, not hidden.
+    """
+    from torch._dynamo.utils import counters
+
     from alignkit.engine.sampler import Sampler, SamplingParams
 
-    sampler = Sampler(model, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens)
+    if compile not in _samplers:
+        sampler = Sampler(model, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_batched_tokens,
+                          compile=compile)
+        t = time.perf_counter()
+        sampler.generate(prompts[:2], SamplingParams(n=2, max_new_tokens=8, seed=0))
+        sampler.generate(prompts[:1], SamplingParams(n=1, max_new_tokens=8, seed=0))
+        _warmup_s[compile] = time.perf_counter() - t
+        _samplers[compile] = sampler
+    sampler = _samplers[compile]
     params = SamplingParams(n=args.group, temperature=1.0, max_new_tokens=args.max_new, stop_token_ids=stop,
                             seed=args.seed)
-    sampler.generate(prompts[:2], SamplingParams(n=2, max_new_tokens=8, seed=0))  # warm-up
+    graphs = counters["stats"]["unique_graphs"]
     t = time.perf_counter()
     groups = sampler.generate(prompts, params)
     dt = time.perf_counter() - t
     lens = [len(s.token_ids) for g in groups for s in g.samples]
-    return sum(lens), dt, sampler.last_stats, lens
+    return sum(lens), dt, sampler.last_stats, lens, counters["stats"]["unique_graphs"] - graphs
 
 
 def kernel_breakdown(model, prompts, stop, args) -> dict:
@@ -109,6 +131,7 @@ def kernel_breakdown(model, prompts, stop, args) -> dict:
                 return out
             return timed
 
+    # Eager steps (a stand-in kernel module cannot be traced): the split of an uncompiled run.
     sampler = Sampler(model, ops=Timed(), max_num_seqs=args.max_num_seqs,
                       max_num_batched_tokens=args.max_batched_tokens)
     t = time.perf_counter()
@@ -210,11 +233,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round per system counts")
     ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
     ap.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown of a second run")
+    ap.add_argument("--no-compile", action="store_true", help="skip the Sampler(compile=True) runs")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="re-run with OMP_WAIT_POLICY=PASSIVE (for machines shared with other jobs)")
     args = ap.parse_args()
-    if args.threads > 1 and "OMP_WAIT_POLICY" not in os.environ:
-        # Measured on the shared 2-vCPU machine: with active OpenMP spin-waiting a 64x256x704
-        # fp32 linear takes 3-7 ms on 2 threads vs 0.22 ms on 1 (0.24 ms on 2 with PASSIVE).
-        # Re-run with passive waiting so all three systems get usable threads (same env for all).
+    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        # OpenMP reads the variable at load time: it must be set before torch is imported.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     # Same CPU budget for everyone: our kernels' thread pool gets the thread count torch gets
     # (read when the extension first runs, so set it before any import of alignkit._sampler).
@@ -238,12 +262,17 @@ def main() -> None:
         if name not in best or tokens / secs > best[name][0] / best[name][1]:
             best[name] = (tokens, secs, *extra)
 
+    variants = [("ours_eager", False)] + ([] if args.no_compile else [("ours_compiled", True)])
     for _ in range(args.repeats):
-        keep("ours", *run_ours(model, prompts, stop, args))
+        for name, compile in variants:
+            keep(name, *run_ours(model, prompts, stop, args, compile))
         if not args.skip_baselines:
             keep("generate", *run_generate(model, prompts, stop, args))
             keep("generate_batch", *run_generate_batch(model, prompts, stop, args))
-    ours_tok, ours_s, stats, ours_lens = best["ours"]
+    # The headline is the compiled sampler when it ran (the eager one is reported beside it).
+    head = "ours_eager" if args.no_compile else "ours_compiled"
+    ours_tok, ours_s, stats, ours_lens, compiles_in_run = best[head]
+    eager_tok, eager_s = best["ours_eager"][:2]
     groups = [ours_lens[i * args.group:(i + 1) * args.group] for i in range(args.prompts)]
     flops = model_flops(model, prompts, groups, args)
     res = dict(
@@ -252,10 +281,12 @@ def main() -> None:
         prompt_len=f"{args.prompt_len // 2}-{args.prompt_len}", max_new_tokens=args.max_new,
         stop_tokens=args.num_stop, threads=args.threads, repeats=args.repeats, torch=torch.__version__,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"), load_avg_start=round(load_start, 2),
-        transformers=transformers.__version__,
+        transformers=transformers.__version__, ours_compiled=not args.no_compile,
         ours_tokens=ours_tok, ours_s=round(ours_s, 3), ours_tok_s=round(ours_tok / ours_s, 1),
         ours_mean_len=round(ours_tok / len(ours_lens), 1), ours_steps=stats.steps,
         ours_forward_share=round(stats.forward_seconds / stats.seconds, 3),
+        ours_warmup_s=round(_warmup_s[not args.no_compile], 2), ours_compiles_during_run=compiles_in_run,
+        ours_eager_tok_s=round(eager_tok / eager_s, 1), ours_eager_warmup_s=round(_warmup_s[False], 2),
         gemm_peak_gflops=round(peak, 1), ours_gflops=round(flops / ours_s / 1e9, 2),
         flops_fraction=round(flops / ours_s / 1e9 / peak, 3),
     )
@@ -270,6 +301,8 @@ def main() -> None:
             generate_batch_cold_s=round(gb_cold_s, 3),
             speedup_vs_generate=round((ours_tok / ours_s) / (gen_tok / gen_s), 2),
             speedup_vs_generate_batch=round((ours_tok / ours_s) / (gb_tok / gb_s), 2),
+            eager_speedup_vs_generate=round((eager_tok / eager_s) / (gen_tok / gen_s), 2),
+            eager_speedup_vs_generate_batch=round((eager_tok / eager_s) / (gb_tok / gb_s), 2),
         )
     if args.profile:
         res.update(kernel_breakdown(model, prompts, stop, args))
