@@ -5,7 +5,7 @@ import torch
 
 from alignkit.engine.sampler import Sampler, SamplingParams
 
-from .tiny_models import VOCAB
+from .tiny_models import VOCAB, build
 
 pytestmark = pytest.mark.slow  # each new model compiles its step graphs (~10-30 s on 2 cores)
 
@@ -27,21 +27,27 @@ def _assert_same_samples(got, want):
         torch.testing.assert_close(torch.tensor(raw1), torch.tensor(raw2), rtol=0, atol=1e-5)
 
 
-def test_compiled_sampler_matches_eager_and_sees_weight_updates(llama):
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model(request, models_dir):
+    # Llama (GQA, rotary) and GPT-2 (fused qkv split into strided views, learned positions).
+    return build(request.param, models_dir)
+
+
+def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
     # Mixed lengths and group sizes: multi-sequence prefill + decode steps, then a lone sequence
     # (the longest completion) so both compiled graphs are exercised.
     prompts = _prompts([3, 11, 26])
     params = [SamplingParams(n=3, temperature=0.8, top_k=20, max_new_tokens=6, seed=5),
               SamplingParams(n=2, temperature=1.0, max_new_tokens=9, seed=6),
               SamplingParams(n=1, temperature=0.0, max_new_tokens=16)]
-    eager = Sampler(llama, block_size=4)
-    compiled = Sampler(llama, block_size=4, compile=True)
+    eager = Sampler(model, block_size=4)
+    compiled = Sampler(model, block_size=4, compile=True)
     _assert_same_samples(_flat(compiled.generate(prompts, params)), _flat(eager.generate(prompts, params)))
 
     # An optimizer-style in-place update must reach the compiled step (parameters are graph
     # inputs, not constants baked in at compile time).
     before = _flat(compiled.generate(prompts, params))
-    head = llama.get_output_embeddings().weight
+    head = model.get_output_embeddings().weight
     saved = head.detach().clone()
     try:
         with torch.no_grad():
@@ -52,7 +58,7 @@ def test_compiled_sampler_matches_eager_and_sees_weight_updates(llama):
     finally:
         with torch.no_grad():
             head.copy_(saved)
-    assert llama.config._attn_implementation != "alignkit_paged"  # the switch is undone after compiled steps
+    assert model.config._attn_implementation != "alignkit_paged"  # the switch is undone after compiled steps
 
 
 def test_compile_refuses_a_stand_in_kernel_module(llama):
