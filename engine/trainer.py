@@ -124,7 +124,13 @@ def evaluate(policy: torch.nn.Module, objective: Any, examples: list[dict[str, A
     finally:
         policy.train()
     keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    if world > 1:
+        # A rank whose shard is empty (fewer eval rows than ranks) has no metric keys; the
+        # all-reduce below needs the same keys in the same order everywhere.
+        every_rank: list[Any] = [None] * world
+        dist.all_gather_object(every_rank, keys)
+        keys = sorted(set().union(*every_rank) | {"_rows"})
+    totals = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(totals)
     n = max(totals[keys.index("_rows")].item(), 1.0)

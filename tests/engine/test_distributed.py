@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from datetime import timedelta
 
 from .helpers import base_overrides, preference_rows, write_jsonl
 
@@ -76,3 +79,33 @@ def test_two_gloo_ranks_agree_and_only_rank_zero_writes(tmp_path, tiny_lm):
     assert (final0, final1) == (1.0, 0.0)  # rank 0 saved the final model, rank 1 did not
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 3]  # written once (rank 0), not twice
+
+
+def _eval_worker(rank: int, model_dir: str, out_dir: str, data: str, eval_data: str, port: int,
+                 tests_dir: str) -> None:
+    sys.path.insert(0, tests_dir)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # A bounded timeout: were the ranks to disagree, the collective fails instead of hanging the suite.
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    try:
+        from alignkit.engine.config import load_config
+        from alignkit.engine.trainer import train
+
+        cfg = load_config(None, base_overrides(Path(model_dir), Path(out_dir), Path(data), "dpo", **{
+            "train.max_steps": 1, "data.eval": eval_data, "output.tensorboard": False}))
+        metrics = train(cfg).eval_metrics
+        Path(out_dir, f"eval{rank}.json").write_text(json.dumps(metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_eval_with_fewer_rows_than_ranks_gives_every_rank_the_same_metrics(tmp_path, tiny_lm):
+    # One eval row for two ranks: rank 1's shard is empty, so it has computed no metric keys.
+    data = write_jsonl(tmp_path / "p.jsonl", preference_rows(8))
+    eval_data = write_jsonl(tmp_path / "e.jsonl", preference_rows(1))
+    out = tmp_path / "out"
+    mp.start_processes(_eval_worker, args=(str(tiny_lm.path), str(out), str(data), str(eval_data), _free_port(),
+                                           str(Path(__file__).resolve().parents[1])), nprocs=2, start_method="fork")
+    m0, m1 = (json.loads((out / f"eval{r}.json").read_text()) for r in (0, 1))
+    assert m0 == m1 and "loss" in m0 and math.isfinite(m0["loss"])
