@@ -41,7 +41,7 @@ class PagedAttention:
         q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim] -> out [T, num_heads, head_dim].
         """
         kc, vc = self.cache.k[layer_idx], self.cache.v[layer_idx]
-        if torch.compiler.is_compiling():  # traced by torch.compile: one graph node (attention_op.py)
+        if torch.compiler.is_compiling():  # traced by torch.compile: one graph node (compiled_step.py)
             return torch.ops.alignkit.paged_attention(q, k, v, kc, vc, self.slot_mapping, self.block_tables,
                                                       self.context_lens, self.query_start_loc, float(scale))
         # The kernels read raw memory: they need dense rows (GPT-2's fused qkv split is strided).

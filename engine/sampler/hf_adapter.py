@@ -153,7 +153,9 @@ class HFRunner:
 
     def compile(self) -> None:
         """Run the model's step through `torch.compile` from now on (see `Sampler(compile=True)`)."""
-        self._model_step = torch.compile(self._model_step, dynamic=True)
+        from .compiled_step import compile_step
+
+        self._model_step = compile_step(self._model_step)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: PagedAttention) -> torch.Tensor:

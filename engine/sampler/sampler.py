@@ -112,14 +112,17 @@ class Sampler:
                 raise TypeError(f"Sampler(ops=...): {ops!r} lacks `{fn}`")
         self.ops = ops
         self._forward = self.runner.forward
+        self._compile_failure: tuple[type[BaseException], ...] = ()
         if compile:
-            from .attention_op import paged_attention_op
+            from torch._dynamo.exc import BackendCompilerFailed
 
-            paged_attention_op()  # registers torch.ops.alignkit.paged_attention for the traced steps
+            self._compile_failure = (BackendCompilerFailed,)
             if isinstance(self.runner, HFRunner):
                 self.runner.compile()  # compiles the model call inside its attention switch
             else:
-                self._forward = torch.compile(self.runner.forward, dynamic=True)
+                from .compiled_step import compile_step
+
+                self._forward = compile_step(self.runner.forward)
         self.kv_cache_tokens = kv_cache_tokens
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -302,7 +305,12 @@ class Sampler:
             for kc, vc in zip(cache.k, cache.v):
                 ops.copy_blocks(kc, vc, copy_src, copy_dst, attn.stream)
         t_fwd = time.perf_counter()
-        logits = self._forward(input_ids, positions, attn)
+        try:
+            logits = self._forward(input_ids, positions, attn)
+        except self._compile_failure as e:
+            raise RuntimeError(f"Sampler(compile=True) could not compile the model step ({e}). Sample without "
+                               "compiling (Sampler(..., compile=False)); on CPU, torch.compile needs a working C++ "
+                               "compiler") from e
         if logits.dtype != torch.float32 or not logits.is_contiguous():
             logits = logits.float().contiguous()
         stats.forward_seconds += time.perf_counter() - t_fwd

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from alignkit.engine.sampler import Sampler, SamplingParams
 
@@ -27,13 +28,16 @@ def _assert_same_samples(got, want):
         torch.testing.assert_close(torch.tensor(raw1), torch.tensor(raw2), rtol=0, atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "qwen2"])
 def model(request, models_dir):
-    # Llama (GQA, rotary) and GPT-2 (fused qkv split into strided views, learned positions).
+    # Llama (GQA, rotary), GPT-2 (fused qkv split into strided views, learned positions), Qwen2 (MQA).
     return build(request.param, models_dir)
 
 
-def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
+def test_compiled_sampler_matches_eager_and_sees_weight_updates(model, monkeypatch):
+    # Each model needs 2-3 graphs here. With dynamo's recompile limit at 4, the three models of this
+    # module would exhaust a shared compile cache and silently run eager: each sampler must have its own.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 4)
     # Mixed lengths and group sizes: multi-sequence prefill + decode steps, then a lone sequence
     # (the longest completion) so both compiled graphs are exercised.
     prompts = _prompts([3, 11, 26])
@@ -42,7 +46,13 @@ def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
               SamplingParams(n=1, temperature=0.0, max_new_tokens=16)]
     eager = Sampler(model, block_size=4)
     compiled = Sampler(model, block_size=4, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
     _assert_same_samples(_flat(compiled.generate(prompts, params)), _flat(eager.generate(prompts, params)))
+    # It really compiled (a sampler sharing dynamo's recompile budget with an earlier model
+    # would silently run eager): multi-sequence steps and the lone sequence, at least.
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    assert compiled_graphs >= graphs + 2
+    assert counters["frames"]["total"] == counters["frames"]["ok"], dict(counters["unimplemented"])
 
     # An optimizer-style in-place update must reach the compiled step (parameters are graph
     # inputs, not constants baked in at compile time).
@@ -55,6 +65,7 @@ def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
         after = _flat(compiled.generate(prompts, params))
         assert [lp for _, lp, _, _ in after] != [lp for _, lp, _, _ in before]
         _assert_same_samples(after, _flat(eager.generate(prompts, params)))
+        assert counters["stats"]["unique_graphs"] == compiled_graphs  # new weights, same graphs
     finally:
         with torch.no_grad():
             head.copy_(saved)
@@ -66,3 +77,15 @@ def test_compile_refuses_a_stand_in_kernel_module(llama):
 
     with pytest.raises(ValueError, match="compile=True"):
         Sampler(llama, ops=ext, compile=True)
+
+
+def test_a_failed_compile_names_the_fix_and_leaves_the_model_usable(llama, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))  # no working C++ compiler
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no cached graph to fall back on
+    prompts, params = _prompts([4]), SamplingParams(n=2, max_new_tokens=3, seed=0)
+    with pytest.raises(RuntimeError, match=r"compile=False"):
+        Sampler(llama, compile=True).generate(prompts, params)
+    assert llama.config._attn_implementation != "alignkit_paged"
+    assert len(Sampler(llama).generate(prompts, params)[0].samples) == 2

@@ -1,4 +1,4 @@
-"""The paged-attention kernels as one torch custom op, so `torch.compile` can trace a model through them.
+"""Running a sampler step under `torch.compile` (`Sampler(compile=True)`).
 
 Eager sampler steps call the extension directly (`PagedAttention.attend`). Under
 `torch.compile` the nanobind functions would break the graph at every layer; wrapped as the
@@ -7,6 +7,9 @@ decoder stays one graph, and inductor fuses the norms, rotary embeddings and act
 """
 
 from __future__ import annotations
+
+import types
+from typing import Any, Callable
 
 import torch
 
@@ -39,3 +42,20 @@ def paged_attention_op():
 
     _op = paged_attention
     return _op
+
+
+def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.compile(step, dynamic=True)` with a compile cache of its own.
+
+    Dynamo keeps compiled graphs, and its recompile limit (8), per code object. Each model needs
+    a few graphs (multi-sequence steps, a lone sequence: sizes 0 and 1 are specialised), so two
+    samplers over different models running the same method would share one budget, exhaust it,
+    and silently fall back to eager. A copy of the code object gives each step its own budget.
+    """
+    paged_attention_op()  # the traced attention calls torch.ops.alignkit.paged_attention
+    fn = step.__func__ if isinstance(step, types.MethodType) else step
+    fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    fresh.__kwdefaults__ = fn.__kwdefaults__
+    if isinstance(step, types.MethodType):
+        fresh = types.MethodType(fresh, step.__self__)
+    return torch.compile(fresh, dynamic=True)
