@@ -20,9 +20,10 @@ namespace {
 // chunk's float sum is exact to ~1e-7 relative) and add the chunks in double.
 constexpr int64_t kChunk = 512;
 
-/// sum of term(i) over [0, n) (term is always inlined into the vectorised loop).
+/// sum of term(i) over [0, n) (term is always inlined into the vectorised loop); with
+/// `chunk_sums`, also each chunk's float sum, in the order they were added to the total.
 template <class Term>
-__attribute__((always_inline)) inline double chunked_sum(int64_t n, Term term) {
+__attribute__((always_inline)) inline double chunked_sum(int64_t n, Term term, float* chunk_sums = nullptr) {
   double total = 0.0;
   for (int64_t c = 0; c < n; c += kChunk) {
     const int64_t e = std::min(n, c + kChunk);
@@ -32,6 +33,7 @@ __attribute__((always_inline)) inline double chunked_sum(int64_t n, Term term) {
       for (int l = 0; l < 8; ++l) part[l] += term(i + l);
     float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
     for (; i < e; ++i) s += term(i);
+    if (chunk_sums) chunk_sums[c / kChunk] = s;
     total += s;
   }
   return total;
@@ -44,13 +46,20 @@ ALIGNKIT_HOT double logsumexp(const float* x, int64_t n, float m) {
          std::log(chunked_sum(n, [&](int64_t i) __attribute__((always_inline)) { return exp_nonpos(x[i] - m); }));
 }
 
-/// z[i] = x[i] / T and w[i] = exp(z[i] - mz) for mz = max(z) (so w is in (0, 1]); returns sum(w).
-ALIGNKIT_HOT double tempered_weights(const float* x, int64_t n, float T, float mz, float* z, float* w) {
+/// z[i] = x[i] / T and w[i] = exp(z[i] - mz) for mz = max(z) (so w is in [0, 1]); returns sum(w)
+/// and each kChunk-chunk's sum in `chunk_sums`.
+ALIGNKIT_HOT double tempered_weights(const float* x, int64_t n, float T, float mz, float* z, float* w,
+                                     float* chunk_sums) {
   return chunked_sum(n, [&](int64_t i) __attribute__((always_inline)) {
     z[i] = x[i] / T;
     w[i] = exp_nonpos(z[i] - mz);
     return w[i];
-  });
+  }, chunk_sums);
+}
+
+/// Whether any of x[0, n) is NaN (a vectorised count).
+ALIGNKIT_HOT bool has_nan(const float* x, int64_t n) {
+  return chunked_sum(n, [&](int64_t i) __attribute__((always_inline)) { return x[i] != x[i] ? 1.f : 0.f; }) > 0;
 }
 
 /// z-threshold for top-p on the kept set {i : z[i] >= tz}: keep i iff the mass of strictly
@@ -102,11 +111,12 @@ ALIGNKIT_HOT void sample_row(const SampleArgs& a, int64_t r) {
     while (tok < V - 1 && !(x[tok] == m)) ++tok;
     lp = static_cast<float>(x[tok] - lse1);
   } else {
-    thread_local std::vector<float> z, w;
+    thread_local std::vector<float> z, w, chunk_sums;
     z.resize(V);
     w.resize(V);
+    chunk_sums.resize((V + kChunk - 1) / kChunk);
     const float mz = m / T;
-    const double sum = tempered_weights(x, V, T, mz, z.data(), w.data());
+    const double sum = tempered_weights(x, V, T, mz, z.data(), w.data(), chunk_sums.data());
     const double lseT = mz + std::log(sum);
     if (T == 1.f) lse1 = lseT;
 
@@ -137,24 +147,49 @@ ALIGNKIT_HOT void sample_row(const SampleArgs& a, int64_t r) {
     }
     const double target = counter_uniform(a.seeds.ptr<int64_t>()[r], a.sample_ids.ptr<int64_t>()[r],
                                            a.positions.ptr<int64_t>()[r]) * kept;
-    // The draw: first kept token whose cumulative weight passes the target. If rounding keeps
-    // the sum at or below the target (u within 2^-53 of 1), the last kept token of nonzero weight.
+    // The draw: the first kept token whose cumulative weight passes the target. The cumulative
+    // sum is built exactly as `kept` was (same terms, order and precision), so only rounding of
+    // u * kept up to kept can leave it unpassed; then the last kept token of nonzero weight is
+    // taken. A token of weight 0 (-inf or NaN logit, or underflow) is never drawn.
     double cum = 0.0;
+    int64_t begin = 0, end = V;
+    if (tz == -INFINITY) {
+      // Temperature only: `kept` is the double sum of the chunk sums. Find the chunk where the
+      // target is passed, then the token inside it (in-chunk float rounding differs from the
+      // chunk's lane sum by ~1e-7 relative: its last nonzero token is taken if not passed).
+      const int64_t nchunks = static_cast<int64_t>(chunk_sums.size());
+      int64_t c = 0, last_nonzero = 0;
+      for (; c < nchunks; ++c) {
+        if (chunk_sums[c] > 0.f) last_nonzero = c;
+        if (cum + chunk_sums[c] > target) break;
+        cum += chunk_sums[c];
+      }
+      if (c == nchunks) {  // u * kept rounded up to kept: the last chunk of nonzero mass
+        c = last_nonzero;
+        cum = 0.0;  // any value <= target: the scan below then takes the chunk's last nonzero token
+      }
+      begin = c * kChunk;
+      end = std::min(V, begin + kChunk);
+    }
     tok = -1;
-    for (int64_t i = 0; i < V; ++i)
+    for (int64_t i = begin; i < end; ++i)
       if (z[i] >= tz && w[i] > 0.f) {
         cum += w[i];
         tok = i;
         if (cum > target) break;
       }
-    if (tok < 0)  // every weight underflowed (not reachable with finite logits): fall back to greedy
+    if (tok < 0)  // every weight is 0 (all logits -inf or NaN): fall back to greedy
       while (++tok < V - 1 && !(x[tok] == m)) {
       }
     lp = static_cast<float>(z[tok] - lseT);
   }
+  float raw = static_cast<float>(x[tok] - lse1);
+  // A NaN logit means the model is broken: say so in the log-probs (NaN weights are 0 above, so
+  // the draw itself stays among the finite tokens) instead of returning plausible numbers.
+  if (has_nan(x, V)) lp = raw = NAN;
   a.out_tokens.ptr<int64_t>()[r] = tok;
   a.out_logprobs.ptr<float>()[r] = lp;
-  a.out_raw_logprobs.ptr<float>()[r] = static_cast<float>(x[tok] - lse1);
+  a.out_raw_logprobs.ptr<float>()[r] = raw;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 _op = None
+RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 
 
 def paged_attention_op():
@@ -58,4 +59,14 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
     fresh.__kwdefaults__ = fn.__kwdefaults__
     if isinstance(step, types.MethodType):
         fresh = types.MethodType(fresh, step.__self__)
-    return torch.compile(fresh, dynamic=True)
+    compiled = torch.compile(fresh, dynamic=True)
+
+    def step_with_graph_budget(*args: Any, **kwargs: Any) -> Any:
+        # Dynamo specialises sizes 0 and 1 of every varying dimension (tokens, sequences, sampled
+        # rows, block-table width) and chance equalities between them, so a sampler with chunked
+        # prefill can need more than the default 8 graphs; past the limit dynamo would silently
+        # run the step eagerly. The raised limit applies to this step's frame only.
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args, **kwargs)
+
+    return step_with_graph_budget

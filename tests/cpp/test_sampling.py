@@ -160,3 +160,27 @@ def test_every_device_draws_the_cpu_tokens_for_the_same_keys(device):
     dev = sample(logits, device=device, **params)
     assert torch.equal(dev[0], cpu[0])
     torch.testing.assert_close(dev[1], cpu[1], atol=1e-5, rtol=0)
+
+
+def test_minus_inf_logits_are_never_drawn_and_log_probs_stay_finite():
+    # Masked-out tokens (-inf), including the last id, which is where a draw that never passed
+    # its target used to land. Temperature only (the chunk-sum path) and with a filter.
+    g = torch.Generator().manual_seed(3)
+    rows = 20_000
+    logits = torch.randn(rows, 1030, generator=g) * 4  # not a multiple of 8 or of the 512-value chunk
+    masked = torch.rand(rows, 1030, generator=g) < 0.5
+    masked[:, -1] = True
+    logits[masked] = float("-inf")
+    for params in (dict(temperature=1.0), dict(temperature=0.7, top_p=0.95)):
+        tokens, lps, raw = sample(logits, seeds=torch.arange(rows), **params)
+        assert not masked.gather(1, tokens[:, None]).any()
+        assert torch.isfinite(lps).all() and torch.isfinite(raw).all()
+
+
+def test_a_nan_logit_is_never_drawn_but_makes_the_row_report_nan_log_probs():
+    logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(4))
+    logits[1, 10] = float("nan")
+    tokens, lps, raw = sample(logits, seeds=torch.arange(4))
+    assert tokens[1] != 10
+    assert torch.isnan(lps[1]) and torch.isnan(raw[1])
+    assert torch.isfinite(lps[[0, 2, 3]]).all() and torch.isfinite(raw[[0, 2, 3]]).all()

@@ -34,10 +34,7 @@ def model(request, models_dir):
     return build(request.param, models_dir)
 
 
-def test_compiled_sampler_matches_eager_and_sees_weight_updates(model, monkeypatch):
-    # Each model needs 2-3 graphs here. With dynamo's recompile limit at 4, the three models of this
-    # module would exhaust a shared compile cache and silently run eager: each sampler must have its own.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 4)
+def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
     # Mixed lengths and group sizes: multi-sequence prefill + decode steps, then a lone sequence
     # (the longest completion) so both compiled graphs are exercised.
     prompts = _prompts([3, 11, 26])

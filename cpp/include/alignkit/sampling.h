@@ -14,6 +14,8 @@
 //                         set of probability levels reaching top_p; the argmax is always kept).
 //   7. draw             : u = counter_uniform(seed, sample_id, position) (rng.h);
 //                         inverse CDF over the kept tokens in token-id order.
+// Tokens whose logit is -inf (or NaN) have probability 0 and are never drawn; a row with a NaN
+// logit reports NaN log-probs (a broken model should not look healthy).
 // Only the selection steps that are on are run: temperature-only and greedy rows never
 // sort; top-k uses nth_element; top-p sorts a growing top slice, not the vocabulary.
 #pragma once

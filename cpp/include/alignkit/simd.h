@@ -16,15 +16,17 @@
 
 namespace alignkit {
 
-/// exp(d) for d <= 0 (NaN and -inf give exp(-87) ~ 1.6e-38, never NaN): a Cephes-style
-/// polynomial, about 1 ulp, written with plain float/int ops so a loop calling it vectorises.
+/// exp(d) for d <= 0; exactly 0 for d <= -87 (where exp underflows anyway), -inf and NaN, so a
+/// token with a -inf or NaN logit gets weight 0. A Cephes-style polynomial, about 1 ulp, written
+/// with plain float/int ops so a loop calling it vectorises.
 __attribute__((always_inline)) inline float exp_nonpos(float d) {
-  // x = max(d, -87) computed on the bit pattern (d <= 0, so |d| decides); an integer min keeps
-  // the loop branch-free, and sends NaN / -inf to -87 as well.
-  int32_t xb;
-  std::memcpy(&xb, &d, sizeof(float));
-  xb &= 0x7fffffff;
-  xb = xb < 0x42ae0000 ? xb : 0x42ae0000;  // bits of 87.0f
+  // x = max(d, -87) computed on the bit pattern (d <= 0, so |d| decides); integer compares keep
+  // the loop branch-free (-inf and NaN have the largest magnitudes' bit patterns).
+  int32_t db;
+  std::memcpy(&db, &d, sizeof(float));
+  db &= 0x7fffffff;
+  const int32_t xb = db < 0x42ae0000 ? db : 0x42ae0000;  // bits of 87.0f
+  const int32_t keep = -static_cast<int32_t>(db < 0x42ae0000);  // all ones unless it underflows
   float x;
   std::memcpy(&x, &xb, sizeof(float));
   x = -x;
@@ -42,7 +44,12 @@ __attribute__((always_inline)) inline float exp_nonpos(float d) {
   const int32_t bits = (k + 127) << 23;
   float two_k;
   std::memcpy(&two_k, &bits, sizeof(float));
-  return y * two_k;
+  float e = y * two_k;
+  int32_t eb;
+  std::memcpy(&eb, &e, sizeof(float));
+  eb &= keep;  // an integer mask, not a branch, so the loop still vectorises
+  std::memcpy(&e, &eb, sizeof(float));
+  return e;
 }
 
 /// max of x[0, n) (-inf if empty), with eight independent running maxima so the loop vectorises.
