@@ -8,20 +8,27 @@ decoder stays one graph, and inductor fuses the norms, rotary embeddings and act
 
 from __future__ import annotations
 
+import threading
 import types
 from typing import Any, Callable
 
 import torch
 
 _op = None
+_op_lock = threading.Lock()
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 
 
 def paged_attention_op():
     """The registered `torch.ops.alignkit.paged_attention` (registered on first use)."""
     global _op
-    if _op is not None:
-        return _op
+    with _op_lock:  # two samplers built from two threads must not register the op twice
+        if _op is None:
+            _op = _register()
+    return _op
+
+
+def _register():
     import alignkit._sampler as ext
 
     @torch.library.custom_op("alignkit::paged_attention", mutates_args=("k_cache", "v_cache"))
@@ -41,8 +48,7 @@ def paged_attention_op():
     def _(q, k, v, k_cache, v_cache, slot_mapping, block_tables, context_lens, query_start_loc, scale):
         return torch.empty(q.shape, dtype=k_cache.dtype, device=q.device)
 
-    _op = paged_attention
-    return _op
+    return paged_attention
 
 
 def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,10 +61,13 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """
     paged_attention_op()  # the traced attention calls torch.ops.alignkit.paged_attention
     fn = step.__func__ if isinstance(step, types.MethodType) else step
-    fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    fresh.__kwdefaults__ = fn.__kwdefaults__
-    if isinstance(step, types.MethodType):
-        fresh = types.MethodType(fresh, step.__self__)
+    fresh: Callable[..., Any] = step
+    if isinstance(fn, types.FunctionType):  # partials and callable objects are compiled as they are
+        fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                   fn.__closure__)
+        fresh.__kwdefaults__ = fn.__kwdefaults__
+        if isinstance(step, types.MethodType):
+            fresh = types.MethodType(fresh, step.__self__)
     compiled = torch.compile(fresh, dynamic=True)
 
     def step_with_graph_budget(*args: Any, **kwargs: Any) -> Any:

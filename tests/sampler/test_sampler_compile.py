@@ -69,10 +69,10 @@ def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
     assert model.config._attn_implementation != "alignkit_paged"  # the switch is undone after compiled steps
 
 
-def test_compile_refuses_a_stand_in_kernel_module(llama):
+def test_compile_refuses_an_explicit_kernel_module(llama):
     import alignkit._sampler as ext
 
-    with pytest.raises(ValueError, match="compile=True"):
+    with pytest.raises(ValueError, match="compile=True"):  # even the real one: compiled steps bypass `ops`
         Sampler(llama, ops=ext, compile=True)
 
 
