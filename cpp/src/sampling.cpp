@@ -216,7 +216,8 @@ void sample_cpu(const SampleArgs& a) {
   check_sampling_params(a);
   // A row is a few microseconds of vector work: claim several per task, so small batches
   // do not pay more in pool hand-offs than in sampling.
-  parallel_for(a.logits.shape[0], [&](int64_t r) { sample_row(a, r); }, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a.logits.shape[1])));
+  const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, a.logits.shape[1]));
+  parallel_for(a.logits.shape[0], [&](int64_t r) { sample_row(a, r); }, rows_per_task);
 }
 
 }  // namespace alignkit

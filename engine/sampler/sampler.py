@@ -70,8 +70,10 @@ class Sampler:
     compile: run each model step through `torch.compile` (inductor, dynamic shapes). The paged
       attention becomes one graph node (`torch.ops.alignkit.paged_attention`), so the norms,
       rotary embeddings and activations between the matmuls are fused instead of dispatched op by
-      op: 1.3-1.6x faster decode steps on a small model on CPU. The first steps pay a one-off
-      compile (tens of seconds: a few graphs, for multi-sequence steps and for a lone sequence).
+      op: the forward alone is 1.3-1.6x faster at batch 16-56 on a small model on CPU, though a
+      whole CPU rollout there is within ~10% of eager (attention and GEMMs dominate). The first
+      steps pay a one-off compile (tens of seconds: a few graphs, for multi-sequence steps and for
+      a lone sequence).
       Worth it for RL runs that sample every step; off by default. Needs a C++ compiler on CPU.
 
     After an optimizer step the next `generate` sees the new weights. The model is left in
