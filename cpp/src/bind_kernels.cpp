@@ -281,7 +281,7 @@ void bind_kernels(nb::module_& m) {
         "positions"_a, "out_tokens"_a, "out_logprobs"_a, "out_raw_logprobs"_a, "stream"_a = 0,
         "Draw one token per logits row (temperature, min-p, top-k, top-p; counter-based RNG) and report its "
         "log-prob at the sampling temperature and at T=1.");
-  m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use (env ALIGNKIT_NUM_THREADS).");
+  m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");
 }
 
 }  // namespace alignkit

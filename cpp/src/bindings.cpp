@@ -16,6 +16,11 @@ NB_MODULE(_sampler, m) {
 #else
   m.attr("has_cuda") = false;
 #endif
+#if defined(ALIGNKIT_WITH_OPENMP)
+  m.attr("uses_openmp") = true;  // CPU kernels run on the process's OpenMP team (torch's)
+#else
+  m.attr("uses_openmp") = false;  // CPU kernels run on the extension's own thread pool
+#endif
   // Objects still referenced at interpreter exit (e.g. a StepPlan held by torch.compile's caches,
   // which are never torn down) are not leaks of ours; nanobind's exit report would only alarm users.
   nb::set_leak_warnings(false);

@@ -13,7 +13,67 @@
 
 #include <unistd.h>
 
+#ifdef ALIGNKIT_WITH_OPENMP
+#include <omp.h>
+#include <pthread.h>
+#endif
+
 namespace alignkit {
+
+#ifdef ALIGNKIT_WITH_OPENMP
+// OpenMP build: the kernels run on the process's OpenMP team, the one torch and MKL use
+// (torch's wheel loads libgomp.so.1 and the loader hands us that same library). Two pools on
+// the same cores make each one's idle threads spin while the other works; one shared team does not.
+namespace {
+
+std::atomic<bool> forked_child{false};
+
+void mark_forked_child() { forked_child.store(true); }
+
+}  // namespace
+
+int num_threads() {
+  // libgomp's team does not survive fork(): a child runs inline, as torch does.
+  static const int registered = pthread_atfork(nullptr, nullptr, mark_forked_child);
+  (void)registered;
+  if (forked_child.load()) return 1;
+  if (const char* env = std::getenv("ALIGNKIT_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1) return std::min(n, 256);
+  }
+  return std::max(1, omp_get_max_threads());  // torch.set_num_threads sets this
+}
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t grain) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int threads = static_cast<int>(std::min<int64_t>(num_threads(), (n + grain - 1) / grain));
+  if (threads <= 1 || omp_in_parallel()) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mu;
+#pragma omp parallel num_threads(threads)
+  {
+    for (;;) {
+      int64_t start = next.fetch_add(grain);
+      if (start >= n) break;
+      int64_t end = std::min(n, start + grain);
+      try {
+        for (int64_t i = start; i < end; ++i) fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(error_mu);
+        if (!error) error = std::current_exception();
+        next.store(n);  // stop handing out work
+      }
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+#else  // no OpenMP: our own persistent pool
 namespace {
 
 int configured_threads() {
@@ -135,5 +195,7 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t gra
   }
   pool().run(n, fn, grain);
 }
+
+#endif  // ALIGNKIT_WITH_OPENMP
 
 }  // namespace alignkit

@@ -179,3 +179,21 @@ def test_kernels_work_in_a_forked_child_after_the_parent_used_the_pool():
     with multiprocessing.get_context("fork").Pool(1) as pool:  # the child inherits no threads
         child = pool.map(_numpy_attention, [0], chunksize=1)[0]
     assert (child == parent).all()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps; the OpenMP build is the Linux/GCC one")
+def test_kernels_share_torchs_openmp_team_and_thread_count():
+    # One OpenMP runtime in the process whichever is imported first, and the kernels' thread
+    # count follows torch.set_num_threads (two pools on the same cores slowed rollouts ~1.3x).
+    code = ("import sys\n"
+            "first, second = sys.argv[1:3]\n"
+            "__import__(first); __import__(second)\n"
+            "import torch, alignkit._sampler as ops\n"
+            "assert ops.uses_openmp\n"
+            "libs = {l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l}\n"
+            "assert len(libs) == 1, libs\n"
+            "torch.set_num_threads(1); assert ops.num_threads() == 1, ops.num_threads()\n"
+            "torch.set_num_threads(3); assert ops.num_threads() == 3, ops.num_threads()\n")
+    env = {k: v for k, v in os.environ.items() if k != "ALIGNKIT_NUM_THREADS"}
+    for order in (["torch", "alignkit._sampler"], ["alignkit._sampler", "torch"]):
+        subprocess.run([sys.executable, "-c", code, *order], check=True, env=env)

@@ -1,9 +1,15 @@
-// A small persistent thread pool for the CPU kernels.
+// Parallel loops for the CPU kernels.
 //
-// Threads are created once (lazily) and reused: spawning threads per call would cost more
-// than a decode step's attention. Size: env ALIGNKIT_NUM_THREADS, else
-// std::thread::hardware_concurrency(). The calling thread works too, so a pool of size 1
-// runs everything inline.
+// Built with OpenMP (the default where CMake finds it), the loops run on the process's OpenMP
+// team, which torch and MKL use too: torch's wheel loads libgomp.so.1 and the dynamic loader
+// gives this extension that same library, so the kernels and the GEMMs around them share hot
+// threads instead of two pools spinning against each other on the same cores. Thread count:
+// env ALIGNKIT_NUM_THREADS, else OpenMP's (what torch.set_num_threads set). A forked child runs
+// inline (libgomp's team does not survive fork).
+//
+// Without OpenMP: a small persistent pool, threads created once (lazily) and reused; size
+// ALIGNKIT_NUM_THREADS, else std::thread::hardware_concurrency(). The calling thread works too,
+// so a size of 1 runs everything inline.
 #pragma once
 
 #include <cstdint>
