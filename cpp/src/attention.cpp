@@ -64,9 +64,36 @@ __attribute__((always_inline)) inline float hsum(typename Vec<W>::type a) {
   return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
+/// Pairwise sums of adjacent lanes of a and b, interleaved per 4-lane half: SSE3/AVX `hadd`.
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::type hadd(typename Vec<W>::type a, typename Vec<W>::type b) {
+  if constexpr (W == 8) {
+    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+  } else {
+    return __builtin_shufflevector(a, b, 0, 2, 4, 6) + __builtin_shufflevector(a, b, 1, 3, 5, 7);
+  }
+}
+
+/// Horizontal sums of W vectors at once: lane r of the result = sum of the lanes of a[r].
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::type hsum_rows(const typename Vec<W>::type* a) {
+  if constexpr (W == 8) {
+    auto u0 = hadd<8>(hadd<8>(a[0], a[1]), hadd<8>(a[2], a[3]));  // [r0..r3 low halves | r0..r3 high]
+    auto u1 = hadd<8>(hadd<8>(a[4], a[5]), hadd<8>(a[6], a[7]));
+    return __builtin_shufflevector(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+  } else {
+    return hadd<4>(hadd<4>(a[0], a[1]), hadd<4>(a[2], a[3]));
+  }
+}
+
 /// Scores of `rows` consecutive keys (row stride `ks` floats) for every q head of the item:
 /// scores[h * n + p0 + r] = q_h . k_r, q head h reading kv head h / G of the row segment.
 /// DC > 0 (a multiple of 8) fixes head_dim at compile time; DC == 0 reads it from D.
+/// W keys at a time, each with its own accumulator, reduced together (hsum_rows): the dot
+/// products are independent chains instead of one latency-bound chain plus a reduction per key.
+/// A key's score depends only on its place in the block, never on the batch around it.
 template <int DC, int W>
 __attribute__((always_inline)) inline void block_scores_t(const float* __restrict qf, const float* __restrict k,
                                                           int64_t ks, int64_t rows, int64_t HKi, int64_t G,
@@ -75,29 +102,38 @@ __attribute__((always_inline)) inline void block_scores_t(const float* __restric
   using V = typename Vec<W>::type;
   const int64_t D = DC > 0 ? DC : D_;
   for (int64_t kv = 0; kv < HKi; ++kv) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* kr = k + r * ks + kv * D;
+    const float* kh = k + kv * D;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = kv * G + g;
+      const float* qh = qf + h * D;
+      float* sc = scores + h * n + p0;
+      int64_t r = 0;
       if constexpr (DC > 0) {
-        V kvec[DC / W];  // the key row, loaded once for all G q heads of this kv head
-        for (int i = 0; i < DC / W; ++i) kvec[i] = loadv<W>(kr + W * i);
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t h = kv * G + g;
-          const float* qh = qf + h * DC;
-          V acc = kvec[0] * loadv<W>(qh);
-          for (int i = 1; i < DC / W; ++i) acc += kvec[i] * loadv<W>(qh + W * i);
-          scores[h * n + p0 + r] = hsum<W>(acc);
+        V qv[DC / W];
+        for (int i = 0; i < DC / W; ++i) qv[i] = loadv<W>(qh + W * i);
+        for (; r + W <= rows; r += W) {
+          V acc[W];
+          for (int j = 0; j < W; ++j) acc[j] = qv[0] * loadv<W>(kh + (r + j) * ks);
+          for (int i = 1; i < DC / W; ++i)
+            for (int j = 0; j < W; ++j) acc[j] += qv[i] * loadv<W>(kh + (r + j) * ks + W * i);
+          storev<W>(sc + r, hsum_rows<W>(acc));
+        }
+        for (; r < rows; ++r) {  // the tail of a partly filled block
+          V acc = qv[0] * loadv<W>(kh + r * ks);
+          for (int i = 1; i < DC / W; ++i) acc += qv[i] * loadv<W>(kh + r * ks + W * i);
+          sc[r] = hsum<W>(acc);
         }
       } else {
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t h = kv * G + g;
-          scores[h * n + p0 + r] = dot(qf + h * D, kr, D);
-        }
+        for (; r < rows; ++r) sc[r] = dot(qh, kh + r * ks, D);
       }
     }
   }
 }
 
 /// acc_h += sum_r w[h, p0 + r] * v_r over `rows` consecutive value rows (row stride `vs`).
+/// Two q heads of a kv head and 32 lanes of head_dim at a time: each value row is loaded once
+/// for both heads and eight accumulators stay in registers. Per lane the rows are added in
+/// order, as a plain loop would.
 template <int DC, int W>
 __attribute__((always_inline)) inline void block_accumulate_t(float* __restrict acc, const float* __restrict w,
                                                               int64_t n, int64_t p0, const float* __restrict v,
@@ -106,23 +142,43 @@ __attribute__((always_inline)) inline void block_accumulate_t(float* __restrict 
   using V = typename Vec<W>::type;
   const int64_t D = DC > 0 ? DC : D_;
   for (int64_t kv = 0; kv < HKi; ++kv) {
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t h = kv * G + g;
-      const float* wh = w + h * n + p0;
-      if constexpr (DC > 0) {
-        V a[DC / W];  // register-resident across the block's rows
-        for (int i = 0; i < DC / W; ++i) a[i] = loadv<W>(acc + h * DC + W * i);
-        for (int64_t r = 0; r < rows; ++r) {
-          const float wt = wh[r];
-          const float* x = v + r * vs + kv * DC;
-          for (int i = 0; i < DC / W; ++i) a[i] += wt * loadv<W>(x + W * i);
+    const float* vh = v + kv * D;
+    if constexpr (DC > 0) {
+      constexpr int C = 32 / W;  // vectors per 32-lane slice of head_dim
+      for (int64_t g = 0; g < G; g += 2) {
+        const bool two = g + 1 < G;
+        const int64_t h = kv * G + g;
+        const float* w0 = w + h * n + p0;
+        const float* w1 = two ? w0 + n : w0;
+        for (int d0 = 0; d0 < DC; d0 += 32) {
+          V a0[C], a1[C];
+          for (int i = 0; i < C; ++i) {
+            a0[i] = loadv<W>(acc + h * DC + d0 + W * i);
+            a1[i] = two ? loadv<W>(acc + (h + 1) * DC + d0 + W * i) : a0[i];
+          }
+          for (int64_t r = 0; r < rows; ++r) {
+            const float wt0 = w0[r], wt1 = w1[r];
+            const float* x = vh + r * vs + d0;
+            for (int i = 0; i < C; ++i) {
+              const V xv = loadv<W>(x + W * i);
+              a0[i] += wt0 * xv;
+              a1[i] += wt1 * xv;
+            }
+          }
+          for (int i = 0; i < C; ++i) {
+            storev<W>(acc + h * DC + d0 + W * i, a0[i]);
+            if (two) storev<W>(acc + (h + 1) * DC + d0 + W * i, a1[i]);
+          }
         }
-        for (int i = 0; i < DC / W; ++i) storev<W>(acc + h * DC + W * i, a[i]);
-      } else {
+      }
+    } else {
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t h = kv * G + g;
+        const float* wh = w + h * n + p0;
         float* a = acc + h * D;
         for (int64_t r = 0; r < rows; ++r) {
           const float wt = wh[r];
-          const float* x = v + r * vs + kv * D;
+          const float* x = vh + r * vs;
           for (int64_t j = 0; j < D; ++j) a[j] += wt * x[j];
         }
       }

@@ -92,6 +92,18 @@ def test_paged_attention_odd_head_dim_and_block_size():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("d", [32, 64, 128])
+@pytest.mark.parametrize("hq, hk, block_size", [(4, 4, 16), (6, 2, 16), (6, 2, 5), (8, 2, 8)],
+                         ids=["g1-bs16", "g3-bs16", "g3-bs5", "g4-bs8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paged_attention_specialised_head_dims(d, hq, hk, block_size, dtype):
+    # head_dim 32/64/128 take the compiled-in kernels: keys W at a time (full groups and block
+    # tails), value rows shared by pairs of q heads (odd q heads per kv head leave one alone).
+    mix = [(0, 19), (37, 1), (16, 1), (8, 5), (3, 1)]
+    out, ref = run_step(mix, dtype=dtype, hq=hq, hk=hk, d=d, block_size=block_size, num_blocks=96, seed=d + hq)
+    torch.testing.assert_close(out.float(), ref.to(dtype).float(), **TOL[dtype])
+
+
 def test_write_kv_places_rows_at_slots_and_skips_minus_one():
     kc = torch.zeros(3, 2, 1, 4)
     vc = torch.zeros(3, 2, 1, 4)
