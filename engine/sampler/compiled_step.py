@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+from .cpu_lm_head import cpu_linear_op
+
 _op = None
 _op_lock = threading.Lock()
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
@@ -60,6 +62,7 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
     and silently fall back to eager. A copy of the code object gives each step its own budget.
     """
     paged_attention_op()  # the traced attention calls torch.ops.alignkit.paged_attention
+    cpu_linear_op()  # and a CPU fp32 LM head torch.ops.alignkit.cpu_linear (cpu_lm_head.py)
     fn = step.__func__ if isinstance(step, types.MethodType) else step
     fresh: Callable[..., Any] = step
     if isinstance(fn, types.FunctionType):  # partials and callable objects are compiled as they are

@@ -7,8 +7,9 @@ mask in `AttentionMaskInterface`: causality comes from the paged metadata), swit
 configs to it only for the duration of one sampler forward, and pass the step's
 `PagedAttention` as the `alignkit_paged` keyword. `position_ids` carries each packed token's
 position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) makes the
-LM head run only on the rows that are sampled. Outside a sampler forward the model keeps
-its own attention (sdpa/eager/flash), so training is untouched.
+LM head run only on the rows that are sampled; on the CPU a plain fp32 `nn.Linear` head runs
+through oneDNN during the step (cpu_lm_head.py). Outside a sampler forward the model keeps its
+own attention (sdpa/eager/flash) and head, so training is untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from .attention import PagedAttention
+from .cpu_lm_head import onednn_head, uses_onednn_head
 
 ATTN_NAME = "alignkit_paged"
 _registered = False
@@ -139,12 +141,17 @@ class HFRunner:
         # sampler steps (e.g. while a `stream` is suspended) sees the model exactly as it was.
         saved = [c._attn_implementation_internal for c in self._configs]
         was_training = self.model.training
+        head = self.model.get_output_embeddings()
         try:
             for c in self._configs:
                 c._attn_implementation_internal = ATTN_NAME
             if was_training:
                 self.model.eval()  # sampling is inference: no dropout
-            yield
+            if uses_onednn_head(head):  # checked per step: the model may have moved device or dtype
+                with onednn_head(head):
+                    yield
+            else:
+                yield
         finally:
             for c, s in zip(self._configs, saved):
                 c._attn_implementation_internal = s
