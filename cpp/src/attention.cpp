@@ -2,6 +2,7 @@
 #include "alignkit/attention.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <cmath>
@@ -64,14 +65,25 @@ __attribute__((always_inline)) inline float hsum(typename Vec<W>::type a) {
   return (t[0] + t[2]) + (t[1] + t[3]);
 }
 
+// Two-vector lane shuffles with constant indices: Clang spells it __builtin_shufflevector, GCC
+// (any version since 4.7; __builtin_shufflevector only from GCC 12) __builtin_shuffle with a mask.
+#if defined(__clang__)
+#define ALIGNKIT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define ALIGNKIT_SHUFFLE4(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+typedef int32_t mask8 __attribute__((vector_size(32)));
+typedef int32_t mask4 __attribute__((vector_size(16)));
+#define ALIGNKIT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, mask8{__VA_ARGS__})
+#define ALIGNKIT_SHUFFLE4(a, b, ...) __builtin_shuffle(a, b, mask4{__VA_ARGS__})
+#endif
+
 /// Pairwise sums of adjacent lanes of a and b, interleaved per 4-lane half: SSE3/AVX `hadd`.
 template <int W>
 __attribute__((always_inline)) inline typename Vec<W>::type hadd(typename Vec<W>::type a, typename Vec<W>::type b) {
   if constexpr (W == 8) {
-    return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
-           __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+    return ALIGNKIT_SHUFFLE8(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + ALIGNKIT_SHUFFLE8(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
   } else {
-    return __builtin_shufflevector(a, b, 0, 2, 4, 6) + __builtin_shufflevector(a, b, 1, 3, 5, 7);
+    return ALIGNKIT_SHUFFLE4(a, b, 0, 2, 4, 6) + ALIGNKIT_SHUFFLE4(a, b, 1, 3, 5, 7);
   }
 }
 
@@ -81,8 +93,7 @@ __attribute__((always_inline)) inline typename Vec<W>::type hsum_rows(const type
   if constexpr (W == 8) {
     auto u0 = hadd<8>(hadd<8>(a[0], a[1]), hadd<8>(a[2], a[3]));  // [r0..r3 low halves | r0..r3 high]
     auto u1 = hadd<8>(hadd<8>(a[4], a[5]), hadd<8>(a[6], a[7]));
-    return __builtin_shufflevector(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) +
-           __builtin_shufflevector(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
+    return ALIGNKIT_SHUFFLE8(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) + ALIGNKIT_SHUFFLE8(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
   } else {
     return hadd<4>(hadd<4>(a[0], a[1]), hadd<4>(a[2], a[3]));
   }
@@ -93,7 +104,8 @@ __attribute__((always_inline)) inline typename Vec<W>::type hsum_rows(const type
 /// DC > 0 (a multiple of 8) fixes head_dim at compile time; DC == 0 reads it from D.
 /// W keys at a time, each with its own accumulator, reduced together (hsum_rows): the dot
 /// products are independent chains instead of one latency-bound chain plus a reduction per key.
-/// A key's score depends only on its place in the block, never on the batch around it.
+/// A key's rounding depends on its place in the block and on how many of the block's rows the
+/// query sees (a full group of W or the tail), so on the query's position: never on the batch.
 template <int DC, int W>
 __attribute__((always_inline)) inline void block_scores_t(const float* __restrict qf, const float* __restrict k,
                                                           int64_t ks, int64_t rows, int64_t HKi, int64_t G,
@@ -209,8 +221,11 @@ __attribute__((target("arch=x86-64-v3"))) void block_accumulate_v3(ALIGNKIT_BLOC
   block_accumulate_t<DC, 8>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 }
 // Runs during static initialisation, so initialise the CPU model first (GCC's documented rule).
+// ALIGNKIT_NO_AVX2=1 forces the baseline kernels (so tests can check them on an AVX2 machine).
 const bool kHaveV3 = [] {
   __builtin_cpu_init();
+  const char* off = std::getenv("ALIGNKIT_NO_AVX2");
+  if (off && *off && std::string(off) != "0") return false;
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }();
 #else
@@ -392,6 +407,8 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
 
 
 }  // namespace
+
+const char* attention_isa() { return kHaveV3 ? "avx2" : "baseline"; }
 
 const char* dtype_name(DType t) {
   switch (t) {

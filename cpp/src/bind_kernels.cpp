@@ -5,6 +5,7 @@
 // Wrong dtype -> TypeError; wrong shape/device/layout/values -> ValueError.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
 
 #include <cmath>
 #include <initializer_list>
@@ -281,6 +282,8 @@ void bind_kernels(nb::module_& m) {
         "positions"_a, "out_tokens"_a, "out_logprobs"_a, "out_raw_logprobs"_a, "stream"_a = 0,
         "Draw one token per logits row (temperature, min-p, top-k, top-p; counter-based RNG) and report its "
         "log-prob at the sampling temperature and at T=1.");
+  m.def("attention_isa", [] { return std::string(attention_isa()); },
+        "SIMD flavour of the CPU attention kernels: 'avx2' or 'baseline' (env ALIGNKIT_NO_AVX2=1 forces it).");
   m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");
 }
 

@@ -30,17 +30,23 @@ std::atomic<bool> forked_child{false};
 
 void mark_forked_child() { forked_child.store(true); }
 
+// Registered when the extension loads, before any parallel region of ours or torch's could have
+// started libgomp's team in this process.
+[[maybe_unused]] const int atfork_registered = pthread_atfork(nullptr, nullptr, mark_forked_child);
+
+// Read once (as the pool build did): getenv with the GIL released would race os.environ writers.
+const int env_threads = [] {
+  const char* env = std::getenv("ALIGNKIT_NUM_THREADS");
+  const int n = env ? std::atoi(env) : 0;
+  return n >= 1 ? std::min(n, 256) : 0;
+}();
+
 }  // namespace
 
 int num_threads() {
   // libgomp's team does not survive fork(): a child runs inline, as torch does.
-  static const int registered = pthread_atfork(nullptr, nullptr, mark_forked_child);
-  (void)registered;
   if (forked_child.load()) return 1;
-  if (const char* env = std::getenv("ALIGNKIT_NUM_THREADS")) {
-    int n = std::atoi(env);
-    if (n >= 1) return std::min(n, 256);
-  }
+  if (env_threads > 0) return env_threads;
   return std::max(1, omp_get_max_threads());  // torch.set_num_threads sets this
 }
 

@@ -30,6 +30,8 @@ def uses_onednn_head(head: torch.nn.Module | None) -> bool:
     """Whether the sampler runs this output layer through oneDNN: a plain fp32 `nn.Linear` on the CPU."""
     if type(head) is not torch.nn.Linear or not torch.backends.mkldnn.is_available():
         return False
+    if "forward" in head.__dict__:  # already patched (hooks, another sampler's step): leave it be
+        return False
     w = head.weight
     return w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous() \
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -70,6 +72,8 @@ def onednn_head(head: torch.nn.Module) -> Iterator[None]:
     own = head.__dict__.get("forward")
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != head.weight.dtype or torch.is_autocast_enabled("cpu"):
+            return torch.nn.functional.linear(x, head.weight, head.bias)  # let F.linear cast
         return op(x, head.weight, head.bias)
 
     head.forward = forward

@@ -104,6 +104,25 @@ def test_paged_attention_specialised_head_dims(d, hq, hk, block_size, dtype):
     torch.testing.assert_close(out.float(), ref.to(dtype).float(), **TOL[dtype])
 
 
+def test_default_kernels_use_avx2_where_the_cpu_has_it():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if " avx2 " in flags and " fma " in flags:
+        assert ops.attention_isa() == "avx2"
+
+
+def test_baseline_kernels_without_avx2_match_dense_attention():
+    # ALIGNKIT_NO_AVX2 forces the 4-wide baseline kernels that CPUs without AVX2/FMA run (read
+    # once per process, so in a subprocess); both head-dim paths, both key tails.
+    code = ("import torch, sys; sys.path.insert(0, %r); from test_attention import run_step, ops\n"
+            "assert ops.attention_isa() == 'baseline', ops.attention_isa()\n"
+            "for d, bs in ((32, 16), (64, 5), (16, 4)):\n"
+            "    out, ref = run_step([(0, 19), (37, 1), (8, 5)], dtype=torch.float32, hq=6, hk=2, d=d, "
+            "block_size=bs, num_blocks=96, seed=d)\n"
+            "    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)\n" % os.path.dirname(__file__))
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ALIGNKIT_NO_AVX2": "1"},
+                   cwd=os.path.dirname(__file__))
+
+
 def test_write_kv_places_rows_at_slots_and_skips_minus_one():
     kc = torch.zeros(3, 2, 1, 4)
     vc = torch.zeros(3, 2, 1, 4)
@@ -171,25 +190,27 @@ def test_thread_count_does_not_change_results():
 
 
 def _numpy_attention(_=None):
-    """A decode step built with numpy only (torch's OpenMP pool is not fork-safe; ours must be)."""
+    """A decode step built with numpy only, big enough (~4M multiply-adds) to run in parallel."""
     import numpy as np
 
     rng = np.random.RandomState(0)
-    kc = rng.randn(64, 4, 2, 16).astype(np.float32)
-    vc = rng.randn(64, 4, 2, 16).astype(np.float32)
-    q = rng.randn(40, 8, 16).astype(np.float32)
+    kc = rng.randn(1024, 4, 2, 64).astype(np.float32)
+    vc = rng.randn(1024, 4, 2, 64).astype(np.float32)
+    q = rng.randn(64, 8, 64).astype(np.float32)
     out = np.empty_like(q)
-    tables = rng.permutation(64)[:40 * 1].reshape(40, 1).astype(np.int32)
-    ops.paged_attention(out, q, kc, vc, tables, np.full(40, 3, np.int32), np.arange(41, dtype=np.int32), 0.25)
+    tables = rng.permutation(1024).reshape(64, 16).astype(np.int32)  # 64 sequences x 64 cached keys
+    ops.paged_attention(out, q, kc, vc, tables, np.full(64, 64, np.int32), np.arange(65, dtype=np.int32), 0.125)
     return out
 
 
-def test_kernels_work_in_a_forked_child_after_the_parent_used_the_pool():
+def test_kernels_work_in_a_forked_child_after_the_parent_used_the_threads():
     import multiprocessing
 
-    parent = _numpy_attention()  # runs on the parent's worker threads (40 tokens -> parallel)
+    torch.mm(torch.randn(512, 512), torch.randn(512, 512))  # torch's OpenMP team is up in the parent
+    parent = _numpy_attention()  # and our kernels ran on threads there
     with multiprocessing.get_context("fork").Pool(1) as pool:  # the child inherits no threads
-        child = pool.map(_numpy_attention, [0], chunksize=1)[0]
+        # libgomp's team does not survive fork: a child that tried to use it would hang, not fail
+        child = pool.map_async(_numpy_attention, [0], chunksize=1).get(timeout=120)[0]
     assert (child == parent).all()
 
 

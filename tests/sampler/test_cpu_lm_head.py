@@ -29,6 +29,22 @@ def test_only_plain_fp32_cpu_linears_take_the_onednn_path():
 
     assert not uses_onednn_head(Scaled(8, 16))
     assert not uses_onednn_head(None)
+    patched = torch.nn.Linear(8, 16)
+    patched.forward = lambda x: x  # someone else's instance forward (hooks, a concurrent sampler)
+    assert not uses_onednn_head(patched)
+
+
+def test_autocast_and_mixed_dtypes_fall_back_to_f_linear():
+    head = torch.nn.Linear(64, 300)
+    x = torch.randn(5, 64)
+    with onednn_head(head), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.nn.functional.linear(x, head.weight, head.bias)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+    with onednn_head(head), pytest.raises(RuntimeError, match="dtype"):
+        head(x.bfloat16())  # F.linear's own error for mismatched dtypes, not a oneDNN crash
 
 
 def test_swap_is_undone_even_on_error():

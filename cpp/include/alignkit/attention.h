@@ -31,6 +31,9 @@ struct AttnDims {
   int64_t num_seqs, max_blocks_per_seq;
 };
 
+/// SIMD flavour of the CPU attention kernels in this process: "avx2" or "baseline".
+const char* attention_isa();
+
 /// Scatter k/v rows into their cache slots (CPU).
 void write_kv_cpu(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k, const Tensor& v,
                   const Tensor& slot_mapping);
