@@ -8,29 +8,19 @@ decoder stays one graph, and inductor fuses the norms, rotary embeddings and act
 
 from __future__ import annotations
 
-import threading
 import types
 from typing import Any, Callable
 
 import torch
 
 from .cpu_lm_head import cpu_linear_op
+from .custom_ops import registered_once
 
-_op = None
-_op_lock = threading.Lock()
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 
 
-def paged_attention_op():
-    """The registered `torch.ops.alignkit.paged_attention` (registered on first use)."""
-    global _op
-    with _op_lock:  # two samplers built from two threads must not register the op twice
-        if _op is None:
-            _op = _register()
-    return _op
-
-
-def _register():
+def _register_paged_attention():
+    """`torch.ops.alignkit.paged_attention`, registered by the first `paged_attention_op()` call."""
     import alignkit._sampler as ext
 
     @torch.library.custom_op("alignkit::paged_attention", mutates_args=("k_cache", "v_cache"))
@@ -51,6 +41,9 @@ def _register():
         return torch.empty(q.shape, dtype=k_cache.dtype, device=q.device)
 
     return paged_attention
+
+
+paged_attention_op = registered_once(_register_paged_attention)
 
 
 def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:

@@ -16,14 +16,12 @@ training step is visible to the next sampler step. Inside `torch.compile` it is 
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
-_op = None
-_op_lock = threading.Lock()
+from .custom_ops import registered_once
 
 
 def uses_onednn_head(head: torch.nn.Module | None) -> bool:
@@ -37,16 +35,8 @@ def uses_onednn_head(head: torch.nn.Module | None) -> bool:
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def cpu_linear_op():
-    """The registered `torch.ops.alignkit.cpu_linear` (registered on first use)."""
-    global _op
-    with _op_lock:
-        if _op is None:
-            _op = _register()
-    return _op
-
-
-def _register():
+def _register_cpu_linear():
+    """`torch.ops.alignkit.cpu_linear`, registered by the first `cpu_linear_op()` call."""
     @torch.library.custom_op("alignkit::cpu_linear", mutates_args=())
     def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x @ weight.T (+ bias) on the CPU through oneDNN; x [..., in] -> [..., out]."""
@@ -62,6 +52,9 @@ def _register():
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     return cpu_linear
+
+
+cpu_linear_op = registered_once(_register_cpu_linear)
 
 
 @contextmanager

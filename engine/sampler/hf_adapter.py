@@ -15,7 +15,7 @@ own attention (sdpa/eager/flash) and head, so training is untouched.
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -147,10 +147,8 @@ class HFRunner:
                 c._attn_implementation_internal = ATTN_NAME
             if was_training:
                 self.model.eval()  # sampling is inference: no dropout
-            if uses_onednn_head(head):  # checked per step: the model may have moved device or dtype
-                with onednn_head(head):
-                    yield
-            else:
+            # Checked per step: the model may have moved device or dtype since the last one.
+            with onednn_head(head) if uses_onednn_head(head) else nullcontext():
                 yield
         finally:
             for c, s in zip(self._configs, saved):
