@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "alignkit/simd.h"
+#include "alignkit/vec.h"
 #include "alignkit/thread_pool.h"
 
 namespace alignkit {
@@ -28,77 +29,8 @@ inline float dot(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-// GCC/Clang vector extensions of W floats. block_scores/block_accumulate are built twice:
-// W = 8 for AVX2+FMA (one ymm register) and W = 4 for baseline x86-64 (one SSE register), and
-// picked once per process from the CPU, so the wheel runs anywhere and results stay bitwise
-// identical across thread counts. The helpers are always inlined, so no vector crosses a call
-// boundary and GCC's ABI note about AVX-sized arguments does not apply.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-template <int W>
-struct Vec {
-  typedef float type __attribute__((vector_size(4 * W)));
-};
-typedef Vec<4>::type v4;
-
-template <int W>
-__attribute__((always_inline)) inline typename Vec<W>::type loadv(const float* p) {
-  typename Vec<W>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <int W>
-__attribute__((always_inline)) inline void storev(float* p, typename Vec<W>::type v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <int W>
-__attribute__((always_inline)) inline float hsum(typename Vec<W>::type a) {
-  v4 t;
-  if constexpr (W == 8) {
-    v4 lo, hi;
-    std::memcpy(&lo, &a, sizeof(lo));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(lo), sizeof(hi));
-    t = lo + hi;
-  } else {
-    t = a;
-  }
-  return (t[0] + t[2]) + (t[1] + t[3]);
-}
-
-// Two-vector lane shuffles with constant indices: Clang spells it __builtin_shufflevector, GCC
-// (any version since 4.7; __builtin_shufflevector only from GCC 12) __builtin_shuffle with a mask.
-#if defined(__clang__)
-#define ALIGNKIT_SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#define ALIGNKIT_SHUFFLE4(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-typedef int32_t mask8 __attribute__((vector_size(32)));
-typedef int32_t mask4 __attribute__((vector_size(16)));
-#define ALIGNKIT_SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, mask8{__VA_ARGS__})
-#define ALIGNKIT_SHUFFLE4(a, b, ...) __builtin_shuffle(a, b, mask4{__VA_ARGS__})
-#endif
-
-/// Pairwise sums of adjacent lanes of a and b, interleaved per 4-lane half: SSE3/AVX `hadd`.
-template <int W>
-__attribute__((always_inline)) inline typename Vec<W>::type hadd(typename Vec<W>::type a, typename Vec<W>::type b) {
-  if constexpr (W == 8) {
-    return ALIGNKIT_SHUFFLE8(a, b, 0, 2, 8, 10, 4, 6, 12, 14) + ALIGNKIT_SHUFFLE8(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
-  } else {
-    return ALIGNKIT_SHUFFLE4(a, b, 0, 2, 4, 6) + ALIGNKIT_SHUFFLE4(a, b, 1, 3, 5, 7);
-  }
-}
-
-/// Horizontal sums of W vectors at once: lane r of the result = sum of the lanes of a[r].
-template <int W>
-__attribute__((always_inline)) inline typename Vec<W>::type hsum_rows(const typename Vec<W>::type* a) {
-  if constexpr (W == 8) {
-    auto u0 = hadd<8>(hadd<8>(a[0], a[1]), hadd<8>(a[2], a[3]));  // [r0..r3 low halves | r0..r3 high]
-    auto u1 = hadd<8>(hadd<8>(a[4], a[5]), hadd<8>(a[6], a[7]));
-    return ALIGNKIT_SHUFFLE8(u0, u1, 0, 1, 2, 3, 8, 9, 10, 11) + ALIGNKIT_SHUFFLE8(u0, u1, 4, 5, 6, 7, 12, 13, 14, 15);
-  } else {
-    return hadd<4>(hadd<4>(a[0], a[1]), hadd<4>(a[2], a[3]));
-  }
-}
-
 /// Scores of `rows` consecutive keys (row stride `ks` floats) for every q head of the item:
 /// scores[h * n + p0 + r] = q_h . k_r, q head h reading kv head h / G of the row segment.
 /// DC > 0 (a multiple of 8) fixes head_dim at compile time; DC == 0 reads it from D.
@@ -211,40 +143,30 @@ template <int DC>
 void block_accumulate_base(ALIGNKIT_BLOCK_ARGS_A) {
   block_accumulate_t<DC, 4>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 }
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if ALIGNKIT_HAS_V3
 template <int DC>
-__attribute__((target("arch=x86-64-v3"))) void block_scores_v3(ALIGNKIT_BLOCK_ARGS_S) {
+ALIGNKIT_V3 void block_scores_v3(ALIGNKIT_BLOCK_ARGS_S) {
   block_scores_t<DC, 8>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
 }
 template <int DC>
-__attribute__((target("arch=x86-64-v3"))) void block_accumulate_v3(ALIGNKIT_BLOCK_ARGS_A) {
+ALIGNKIT_V3 void block_accumulate_v3(ALIGNKIT_BLOCK_ARGS_A) {
   block_accumulate_t<DC, 8>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 }
-// Runs during static initialisation, so initialise the CPU model first (GCC's documented rule).
-// ALIGNKIT_NO_AVX2=1 forces the baseline kernels (so tests can check them on an AVX2 machine).
-const bool kHaveV3 = [] {
-  __builtin_cpu_init();
-  const char* off = std::getenv("ALIGNKIT_NO_AVX2");
-  if (off && *off && std::string(off) != "0") return false;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}();
-#else
-constexpr bool kHaveV3 = false;
 #endif
 
 /// Scores for one block of keys, on the widest SIMD the CPU offers.
 template <int DC>
 inline void block_scores(ALIGNKIT_BLOCK_ARGS_S) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (kHaveV3) return block_scores_v3<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+#if ALIGNKIT_HAS_V3
+  if (use_avx2()) return block_scores_v3<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
 #endif
   block_scores_base<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
 }
 /// Value accumulation for one block, on the widest SIMD the CPU offers.
 template <int DC>
 inline void block_accumulate(ALIGNKIT_BLOCK_ARGS_A) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (kHaveV3) return block_accumulate_v3<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+#if ALIGNKIT_HAS_V3
+  if (use_avx2()) return block_accumulate_v3<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 #endif
   block_accumulate_base<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 }
@@ -408,7 +330,7 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
 
 }  // namespace
 
-const char* attention_isa() { return kHaveV3 ? "avx2" : "baseline"; }
+const char* attention_isa() { return use_avx2() ? "avx2" : "baseline"; }
 
 const char* dtype_name(DType t) {
   switch (t) {

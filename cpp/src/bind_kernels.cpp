@@ -5,6 +5,7 @@
 // Wrong dtype -> TypeError; wrong shape/device/layout/values -> ValueError.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include <cmath>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "alignkit/attention.h"
+#include "alignkit/linear.h"
 #include "alignkit/sampling.h"
 #include "alignkit/thread_pool.h"
 
@@ -266,6 +268,27 @@ void sample(const Array& logits, const Array& temperature, const Array& top_k, c
   sample_cpu(a);
 }
 
+void linear(const Array& out, const Array& x, const Array& weight, const std::optional<Array>& bias) {
+  const char* fn = "linear";
+  Tensor tx = view(x, fn, "x", {DType::F32}, 2), tw = view(weight, fn, "weight", {DType::F32}, 2);
+  Tensor to = view(out, fn, "out", {DType::F32}, 2);
+  const int64_t M = tx.shape[0], K = tx.shape[1], N = tw.shape[0];
+  expect_shape(tw, fn, "weight", {N, K}, "[out_features, in_features] with in_features = x.shape[1]");
+  expect_shape(to, fn, "out", {M, N}, "[x.shape[0], weight.shape[0]]");
+  std::vector<std::pair<const char*, const Tensor*>> all = {{"x", &tx}, {"weight", &tw}, {"out", &to}};
+  Tensor tb;
+  if (bias) {
+    tb = view(*bias, fn, "bias", {DType::F32}, 1);
+    expect_shape(tb, fn, "bias", {N}, "[out_features]");
+    all.emplace_back("bias", &tb);
+  }
+  if (common_device(fn, all) != Device::CPU)
+    throw nb::value_error("linear: this kernel runs on the CPU; on CUDA use torch.nn.functional.linear");
+  if (M == 0 || N == 0) return;
+  nb::gil_scoped_release release;
+  linear_cpu(to, tx, tw, bias ? &tb : nullptr);
+}
+
 }  // namespace
 
 void bind_kernels(nb::module_& m) {
@@ -282,6 +305,9 @@ void bind_kernels(nb::module_& m) {
         "positions"_a, "out_tokens"_a, "out_logprobs"_a, "out_raw_logprobs"_a, "stream"_a = 0,
         "Draw one token per logits row (temperature, min-p, top-k, top-p; counter-based RNG) and report its "
         "log-prob at the sampling temperature and at T=1.");
+  m.def("linear", &linear, "out"_a, "x"_a, "weight"_a, "bias"_a.none() = nb::none(),
+        "out = x @ weight.T (+ bias), fp32 on the CPU, for the few rows of decode steps: the weight is read in "
+        "place (no packing) and each row's result is bitwise independent of the other rows (batch-invariant).");
   m.def("attention_isa", [] { return std::string(attention_isa()); },
         "SIMD flavour of the CPU attention kernels: 'avx2' or 'baseline' (env ALIGNKIT_NO_AVX2=1 forces it).");
   m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");

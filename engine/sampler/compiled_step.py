@@ -2,7 +2,7 @@
 
 Eager sampler steps call the extension directly (`PagedAttention.attend`). Under
 `torch.compile` the nanobind functions would break the graph at every layer; wrapped as the
-custom op `alignkit::paged_attention` (which declares the two cache tensors it writes) the whole
+op `alignkit::paged_attention` (whose schema declares the two cache tensors it writes) the whole
 decoder stays one graph, and inductor fuses the norms, rotary embeddings and activations around it.
 """
 
@@ -14,19 +14,18 @@ from typing import Any, Callable
 import torch
 
 from .cpu_lm_head import cpu_linear_op
-from .custom_ops import registered_once
+from .custom_ops import define_op, registered_once
+from .kernels import default_kernels
 
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 
 
 def _register_paged_attention():
     """`torch.ops.alignkit.paged_attention`, registered by the first `paged_attention_op()` call."""
-    import alignkit._sampler as ext
+    ext = default_kernels()
 
-    @torch.library.custom_op("alignkit::paged_attention", mutates_args=("k_cache", "v_cache"))
-    def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                        v_cache: torch.Tensor, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
-                        context_lens: torch.Tensor, query_start_loc: torch.Tensor, scale: float) -> torch.Tensor:
+    def paged_attention(q, k, v, k_cache, v_cache, slot_mapping, block_tables, context_lens, query_start_loc,
+                        scale):
         """Write k/v into their cache slots, then attend q over each sequence's cache ([T, heads, dim])."""
         dt = k_cache.dtype
         q, k, v = q.to(dt).contiguous(), k.to(dt).contiguous(), v.to(dt).contiguous()
@@ -36,11 +35,13 @@ def _register_paged_attention():
         ext.paged_attention(out, q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale, stream)
         return out
 
-    @paged_attention.register_fake
-    def _(q, k, v, k_cache, v_cache, slot_mapping, block_tables, context_lens, query_start_loc, scale):
+    def fake(q, k, v, k_cache, v_cache, slot_mapping, block_tables, context_lens, query_start_loc, scale):
         return torch.empty(q.shape, dtype=k_cache.dtype, device=q.device)
 
-    return paged_attention
+    # k_cache and v_cache are written in place (Tensor(a!)): functionalisation keeps the writes.
+    return define_op("paged_attention", "(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+                     "Tensor slot_mapping, Tensor block_tables, Tensor context_lens, Tensor query_start_loc, "
+                     "float scale) -> Tensor", paged_attention, fake)
 
 
 paged_attention_op = registered_once(_register_paged_attention)

@@ -10,7 +10,7 @@ for one row of the small one); inside the benchmark rollout the head's time fell
 
 The swap is active only inside a sampler forward, like the attention switch: training forwards
 use the module's own `nn.Linear`. It reads the module's parameters (no copy, no packed cache), so a
-training step is visible to the next sampler step. Inside `torch.compile` it is the custom op
+training step is visible to the next sampler step. Inside `torch.compile` it is the op
 `alignkit::cpu_linear` (inductor's own lowering of the oneDNN op expects frozen, pre-packed weights).
 """
 
@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from .custom_ops import registered_once
+from .custom_ops import define_op, registered_once
 
 
 def uses_onednn_head(head: torch.nn.Module | None) -> bool:
@@ -37,8 +37,7 @@ def uses_onednn_head(head: torch.nn.Module | None) -> bool:
 
 def _register_cpu_linear():
     """`torch.ops.alignkit.cpu_linear`, registered by the first `cpu_linear_op()` call."""
-    @torch.library.custom_op("alignkit::cpu_linear", mutates_args=())
-    def cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def cpu_linear(x, weight, bias):
         """x @ weight.T (+ bias) on the CPU through oneDNN; x [..., in] -> [..., out]."""
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] == 0:
@@ -47,11 +46,10 @@ def _register_cpu_linear():
             out = torch.ops.mkldnn._linear_pointwise(rows.contiguous(), weight, bias, "none", [], "")
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
-    @cpu_linear.register_fake
-    def _(x, weight, bias):
+    def fake(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
-    return cpu_linear
+    return define_op("cpu_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor", cpu_linear, fake)
 
 
 cpu_linear_op = registered_once(_register_cpu_linear)

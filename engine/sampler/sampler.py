@@ -11,6 +11,7 @@ import torch
 
 from .attention import PagedAttention
 from .hf_adapter import HFRunner, is_hf_causal_lm
+from .kernels import default_kernels
 from .kv_cache import KVCache, blocks_for_tokens
 from .outputs import Sample, SampleGroup
 from .params import SamplingParams
@@ -105,7 +106,7 @@ class Sampler:
                              "it cannot be combined with a stand-in `ops` module")
         if ops is None:
             try:
-                import alignkit._sampler as ops
+                ops = default_kernels()  # alignkit._sampler, tensors passed as DLPack capsules (kernels.py)
             except ImportError as e:  # pragma: no cover - depends on the build
                 raise ImportError("alignkit._sampler (the C++ extension) is not built; reinstall with "
                                   "`pip install --no-build-isolation -e .`") from e

@@ -1,0 +1,118 @@
+// CPU linear layer for decode steps (see linear.h).
+#include "alignkit/linear.h"
+
+#include <algorithm>
+
+#include "alignkit/thread_pool.h"
+#include "alignkit/vec.h"
+
+namespace alignkit {
+namespace {
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/// out[j, i] = x_j . w_i (+ b_i) for NB weight rows x MB input rows: NB * MB independent W-lane
+/// accumulators over k (each weight vector loaded once for MB rows, each input vector once for
+/// NB rows), the k tail as one more zero-padded vector step, then reduced W at a time by one fixed tree
+/// (hsum_rows), then the bias.
+/// Every output takes the same operations in the same order whatever NB, MB or its place.
+template <int W, int NB, int MB>
+__attribute__((always_inline)) inline void tile(const float* __restrict w, const float* __restrict x, int64_t K,
+                                                const float* __restrict bias, float* __restrict out, int64_t N) {
+  using V = typename Vec<W>::type;
+  constexpr int T = NB * MB;
+  V acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = V{};
+  int64_t k = 0;
+  for (; k + W <= K; k += W) {
+    V xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = loadv<W>(x + j * K + k);
+    for (int i = 0; i < NB; ++i) {
+      const V wv = loadv<W>(w + i * K + k);
+      for (int j = 0; j < MB; ++j) acc[i * MB + j] += wv * xv[j];
+    }
+  }
+  if (k < K) {  // the k tail as one more zero-padded vector step: the same operations for every tile
+    float xt[MB][W] = {}, wt[NB][W] = {};
+    for (int j = 0; j < MB; ++j) std::copy(x + j * K + k, x + j * K + K, xt[j]);
+    for (int i = 0; i < NB; ++i) std::copy(w + i * K + k, w + i * K + K, wt[i]);
+    for (int i = 0; i < NB; ++i)
+      for (int j = 0; j < MB; ++j) acc[i * MB + j] += loadv<W>(wt[i]) * loadv<W>(xt[j]);
+  }
+  constexpr int G = (T + W - 1) / W;
+  float s[G * W];
+  for (int g = 0; g < G; ++g) {
+    V group[W];
+    for (int r = 0; r < W; ++r) group[r] = g * W + r < T ? acc[g * W + r] : V{};
+    storev<W>(s + g * W, hsum_rows<W>(group));
+  }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) out[j * N + i] = bias ? s[i * MB + j] + bias[i] : s[i * MB + j];
+}
+
+constexpr int kRowsW = 4;  // weight rows per tile
+constexpr int kRowsX = 3;  // input rows per tile: 12 accumulators + 3 inputs + 1 weight = 16 registers
+
+/// NB weight rows (starting at w) against all M input rows.
+template <int W, int NB>
+__attribute__((always_inline)) inline void weight_rows(const float* w, const float* x, int64_t M, int64_t K,
+                                                       const float* bias, float* out, int64_t N) {
+  int64_t m = 0;
+  for (; m + kRowsX <= M; m += kRowsX) tile<W, NB, kRowsX>(w, x + m * K, K, bias, out + m * N, N);
+  if (M - m == 2) tile<W, NB, 2>(w, x + m * K, K, bias, out + m * N, N);
+  if (M - m == 1) tile<W, NB, 1>(w, x + m * K, K, bias, out + m * N, N);
+}
+
+/// Weight rows [n0, n1) against all input rows.
+template <int W>
+__attribute__((always_inline)) inline void weight_block(const float* w, const float* x, const float* bias,
+                                                        float* out, int64_t M, int64_t N, int64_t K, int64_t n0,
+                                                        int64_t n1) {
+  int64_t n = n0;
+  for (; n + kRowsW <= n1; n += kRowsW)
+    weight_rows<W, kRowsW>(w + n * K, x, M, K, bias ? bias + n : nullptr, out + n, N);
+  const float* b = bias ? bias + n : nullptr;
+  switch (n1 - n) {
+    case 3: weight_rows<W, 3>(w + n * K, x, M, K, b, out + n, N); break;
+    case 2: weight_rows<W, 2>(w + n * K, x, M, K, b, out + n, N); break;
+    case 1: weight_rows<W, 1>(w + n * K, x, M, K, b, out + n, N); break;
+    default: break;
+  }
+}
+
+#define ALIGNKIT_LINEAR_ARGS \
+  const float *w, const float *x, const float *bias, float *out, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1
+void weight_block_base(ALIGNKIT_LINEAR_ARGS) { weight_block<4>(w, x, bias, out, M, N, K, n0, n1); }
+#if ALIGNKIT_HAS_V3
+ALIGNKIT_V3 void weight_block_v3(ALIGNKIT_LINEAR_ARGS) { weight_block<8>(w, x, bias, out, M, N, K, n0, n1); }
+#endif
+#undef ALIGNKIT_LINEAR_ARGS
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) {
+  const int64_t M = x.shape[0], K = x.shape[1], N = w.shape[0];
+  const float* wd = w.ptr<float>();
+  const float* xd = x.ptr<float>();
+  const float* bd = bias ? bias->ptr<float>() : nullptr;
+  float* od = out.ptr<float>();
+  // Work item = a block of weight rows against every input row: the weight is read once in all,
+  // the inputs (few rows) stay in cache. Blocks are whole tiles, about four per thread.
+  const int64_t threads = num_threads();
+  int64_t per = (N + 4 * threads - 1) / (4 * threads);
+  per = std::max<int64_t>(kRowsW, (per + kRowsW - 1) / kRowsW * kRowsW);
+  const int64_t items = (N + per - 1) / per;
+  // Under ~2^15 multiply-adds (a microsecond) waking the other threads costs more than it saves.
+  const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
+  parallel_for(items, [&](int64_t item) {
+    const int64_t n0 = item * per, n1 = std::min(N, n0 + per);
+#if ALIGNKIT_HAS_V3
+    if (use_avx2()) return weight_block_v3(wd, xd, bd, od, M, N, K, n0, n1);
+#endif
+    weight_block_base(wd, xd, bd, od, M, N, K, n0, n1);
+  }, grain);
+}
+
+}  // namespace alignkit
