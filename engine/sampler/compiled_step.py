@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from .cpu_lm_head import cpu_linear_op
+from .cpu_linear import cpu_linear_op
 from .custom_ops import define_op, registered_once
 from .kernels import default_kernels
 
@@ -56,7 +56,7 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
     and silently fall back to eager. A copy of the code object gives each step its own budget.
     """
     paged_attention_op()  # the traced attention calls torch.ops.alignkit.paged_attention
-    cpu_linear_op()  # and a CPU fp32 LM head torch.ops.alignkit.cpu_linear (cpu_lm_head.py)
+    cpu_linear_op()  # and CPU fp32 linear layers torch.ops.alignkit.cpu_linear (cpu_linear.py)
     fn = step.__func__ if isinstance(step, types.MethodType) else step
     fresh: Callable[..., Any] = step
     if isinstance(fn, types.FunctionType):  # partials and callable objects are compiled as they are

@@ -7,21 +7,21 @@ mask in `AttentionMaskInterface`: causality comes from the paged metadata), swit
 configs to it only for the duration of one sampler forward, and pass the step's
 `PagedAttention` as the `alignkit_paged` keyword. `position_ids` carries each packed token's
 position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) makes the
-LM head run only on the rows that are sampled; on the CPU a plain fp32 `nn.Linear` head runs
-through oneDNN during the step (cpu_lm_head.py). Outside a sampler forward the model keeps its
+LM head run only on the rows that are sampled; on the CPU plain fp32 `nn.Linear` layers run
+through alignkit's decode kernel during the step (cpu_linear.py). Outside a sampler forward the model keeps its
 own attention (sdpa/eager/flash) and head, so training is untouched.
 """
 
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 
 from .attention import PagedAttention
-from .cpu_lm_head import onednn_head, uses_onednn_head
+from .cpu_linear import decode_linear_forward, decode_linears
 
 ATTN_NAME = "alignkit_paged"
 _registered = False
@@ -123,6 +123,10 @@ class HFRunner:
         self._configs = list(configs.values())
         params = inspect.signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in params
+        # One decode forward per nn.Linear, built once: the same function objects every step
+        # (torch.compile guards on them). Which ones are swapped in is decided per step.
+        self._linear_forwards = [(m, decode_linear_forward(m)) for m in model.modules()
+                                 if type(m) is torch.nn.Linear]
         register_paged_attention()
 
     @property
@@ -141,14 +145,12 @@ class HFRunner:
         # sampler steps (e.g. while a `stream` is suspended) sees the model exactly as it was.
         saved = [c._attn_implementation_internal for c in self._configs]
         was_training = self.model.training
-        head = self.model.get_output_embeddings()
         try:
             for c in self._configs:
                 c._attn_implementation_internal = ATTN_NAME
             if was_training:
                 self.model.eval()  # sampling is inference: no dropout
-            # Checked per step: the model may have moved device or dtype since the last one.
-            with onednn_head(head) if uses_onednn_head(head) else nullcontext():
+            with decode_linears(self._linear_forwards):
                 yield
         finally:
             for c, s in zip(self._configs, saved):

@@ -1,0 +1,98 @@
+"""On CPU, a sampler forward runs the model's fp32 `nn.Linear` layers through alignkit's decode kernel.
+
+A decode step multiplies a few rows (one per live sequence) by every weight of the model. torch's
+fp32 sgemm (MKL) re-packs the whole weight on every call, which only pays off over many rows;
+`alignkit._sampler.linear` reads the weight where it is, row by row (linear.h). Measured on the
+2-vCPU dev VM, 2 threads, MKL / oneDNN / ours in us: 704x256 at 8 rows 88 / 152 / 33, at 128 rows
+389 / 418 / 344; the 4096x256 head at 8 rows 410 / 343 / 158; a 151936x896 head at 8 rows
+130648 / 55718 / 38485. Past MAX_ROWS rows (prefill) sgemm's packing wins and F.linear runs.
+
+Each row's result is bitwise independent of the other rows of the step (the kernel sums in a
+fixed order), so what a sequence samples does not depend on what it was batched with.
+
+The swap is active only inside a sampler forward, like the attention switch: training forwards
+use `nn.Linear.forward`. It reads the module's parameters at call time (no copy, no packed cache),
+so a training step is visible to the next sampler step. Inside `torch.compile` each layer is one
+call of the op `alignkit::cpu_linear`.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.dlpack import to_dlpack
+
+from .custom_ops import define_op, registered_once
+
+MAX_ROWS = 256  # above this many rows sgemm (which packs the weight) is as fast or faster
+_linear: Callable[..., None] = None  # type: ignore[assignment]  # alignkit._sampler.linear, set on registration
+
+
+def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias) for fp32 CPU tensors; x [..., in] -> [..., out]."""
+    rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    if rows.shape[0] > MAX_ROWS:
+        return F.linear(x, weight, bias)
+    out = rows.new_empty((rows.shape[0], weight.shape[0]))
+    # Called once per layer per step: the extension directly, tensors as DLPack capsules (kernels.py).
+    _linear(to_dlpack(out), to_dlpack(rows if rows.is_contiguous() else rows.contiguous()),
+            to_dlpack(weight.detach()), None if bias is None else to_dlpack(bias.detach()))
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
+
+
+def _register_cpu_linear() -> Any:
+    """`torch.ops.alignkit.cpu_linear`, registered by the first `cpu_linear_op()` call."""
+    global _linear
+    import alignkit._sampler as ext
+
+    _linear = ext.linear
+
+    def fake(x, weight, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    return define_op("cpu_linear", "(Tensor x, Tensor weight, Tensor? bias) -> Tensor", _cpu_linear, fake)
+
+
+cpu_linear_op = registered_once(_register_cpu_linear)
+
+
+def decode_linear_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward for `module` that computes its `F.linear(x, weight, bias)` with the decode kernel."""
+    op = cpu_linear_op()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        w, b = module.weight, module.bias
+        if x.dtype != w.dtype or torch.is_autocast_enabled("cpu"):
+            return F.linear(x, w, b)  # let F.linear cast, or raise its own error
+        if torch.compiler.is_compiling():
+            return op(x, w, b)  # one graph node
+        return _cpu_linear(x, w, b)  # eager: skip the dispatcher
+
+    return forward
+
+
+def runs_decode_kernel(module: Any) -> bool:
+    """Whether a sampler step runs this layer through the decode kernel: a plain fp32 `nn.Linear` on the CPU."""
+    if type(module) is not torch.nn.Linear or "forward" in module.__dict__:  # subclasses, patched modules: as is
+        return False
+    w, b = module.weight, module.bias
+    return w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous() \
+        and (b is None or (b.dtype == torch.float32 and b.is_contiguous()))
+
+
+@contextmanager
+def decode_linears(forwards: Sequence[tuple[torch.nn.Linear, Callable[..., Any]]]) -> Iterator[None]:
+    """Within the block, each eligible module of (module, forward) pairs runs `forward` instead of its own."""
+    swapped = []
+    try:
+        for module, forward in forwards:
+            if runs_decode_kernel(module):  # checked per step: the model may have moved or been cast
+                module.forward = forward
+                swapped.append(module)
+        yield
+    finally:
+        for module in swapped:
+            del module.forward

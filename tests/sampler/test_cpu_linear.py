@@ -1,0 +1,93 @@
+"""The sampler's CPU linear layers (alignkit's decode kernel): same outputs as nn.Linear, active only in steps."""
+
+import pytest
+import torch
+
+import alignkit.engine.sampler.cpu_linear as cl
+from alignkit.engine.sampler import Sampler, SamplingParams
+from alignkit.engine.sampler.cpu_linear import (MAX_ROWS, cpu_linear_op, decode_linear_forward, decode_linears,
+                                                runs_decode_kernel)
+
+from .tiny_models import VOCAB, build
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (37, 64), (2, 5, 64), (MAX_ROWS + 3, 64), (64,)],
+                         ids=["0rows", "1row", "37rows", "3d", "sgemm_rows", "1d"])
+def test_cpu_linear_op_equals_f_linear(shape, bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    w = torch.randn(1000, 64, generator=g)
+    b = torch.randn(1000, generator=g) if bias else None
+    got = cpu_linear_op()(x, w, b)
+    assert got.shape == (*shape[:-1], 1000)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_only_plain_fp32_cpu_linears_run_the_decode_kernel():
+    assert runs_decode_kernel(torch.nn.Linear(8, 16, bias=False))
+    assert runs_decode_kernel(torch.nn.Linear(8, 16))
+    assert not runs_decode_kernel(torch.nn.Linear(8, 16).to(torch.bfloat16))  # fp32 only: exact log-probs
+
+    class Scaled(torch.nn.Linear):  # a subclass may compute something else: keep its own forward
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert not runs_decode_kernel(Scaled(8, 16))
+    assert not runs_decode_kernel(torch.nn.Embedding(8, 16))
+    patched = torch.nn.Linear(8, 16)
+    patched.forward = lambda x: x  # someone else's instance forward (hooks, a concurrent sampler)
+    assert not runs_decode_kernel(patched)
+
+
+def test_autocast_and_mixed_dtypes_fall_back_to_f_linear():
+    layer = torch.nn.Linear(64, 300)
+    x = torch.randn(5, 64)
+    with decode_linears([(layer, decode_linear_forward(layer))]), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+    with decode_linears([(layer, decode_linear_forward(layer))]), pytest.raises(RuntimeError, match="dtype"):
+        layer(x.bfloat16())  # F.linear's own error for mismatched dtypes, not a kernel error
+
+
+def test_swap_is_undone_even_on_error_and_skips_ineligible_layers():
+    plain, half = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16).half()
+    pairs = [(m, decode_linear_forward(m)) for m in (plain, half)]
+    with pytest.raises(RuntimeError, match="boom"):
+        with decode_linears(pairs):
+            assert "forward" in plain.__dict__ and "forward" not in half.__dict__
+            raise RuntimeError("boom")
+    assert "forward" not in plain.__dict__
+
+
+def test_sampler_steps_run_every_linear_through_the_kernel_and_restore_them(llama, monkeypatch):
+    seen = set()
+    compute = cl._cpu_linear
+
+    def counting(x, w, b):
+        seen.add(w.data_ptr())
+        return compute(x, w, b)
+
+    monkeypatch.setattr(cl, "_cpu_linear", counting)
+    Sampler(llama, block_size=4).generate([[5, 6, 7], [9] * 6], SamplingParams(n=3, max_new_tokens=4, seed=0))
+    linears = [m for m in llama.modules() if type(m) is torch.nn.Linear]
+    assert seen == {m.weight.data_ptr() for m in linears}  # the LM head and every projection
+    assert all("forward" not in m.__dict__ for m in linears)  # training forwards use nn.Linear.forward again
+
+
+@pytest.mark.parametrize("model_name", ["llama", "qwen2"])
+def test_samples_and_logprobs_are_bitwise_batch_invariant(model_name, models_dir):
+    """A sequence's tokens and log-probs are bitwise the same whatever it is batched with."""
+    model = build(model_name, models_dir)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9)]
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=14, seed=123)
+    runs = []
+    for config in (dict(max_num_seqs=64), dict(max_num_seqs=1, max_num_batched_tokens=5),
+                   dict(max_num_seqs=7, max_num_batched_tokens=16)):
+        groups = Sampler(model, block_size=4, **config).generate(prompts, params)
+        runs.append([(s.token_ids, s.logprobs, s.raw_logprobs) for grp in groups for s in grp.samples])
+    assert runs[1] == runs[0] and runs[2] == runs[0]  # exact equality, not a tolerance
