@@ -251,79 +251,134 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
   const S* qd = q.ptr<S>();
   S* od = out.ptr<S>();
 
+  // Work is grouped into sets of query tokens whose sequences begin with the same physical block:
+  // the samples of one prompt share its full blocks (forked, not copied), and the tokens of a
+  // prefill chunk share everything. A set's work item walks the blocks in order and runs every
+  // token of the set over each block while it is in cache, so a shared prompt is read from memory
+  // once per step instead of once per sample. Each token still sees its own blocks in the same
+  // order with the same arithmetic, so a result never depends on how tokens were grouped.
   std::vector<int32_t> seq_of(static_cast<size_t>(T));
+  std::vector<int32_t> live;  // sequences with queries this step
+  live.reserve(static_cast<size_t>(S_));
   int64_t total_keys = 0;
   for (int64_t s = 0; s < S_; ++s) {
     const int64_t qlen = qs[s + 1] - qs[s];
     for (int64_t t = qs[s]; t < qs[s + 1]; ++t) seq_of[t] = static_cast<int32_t>(s);
     total_keys += qlen * cl[s] - qlen * (qlen - 1) / 2;  // query j of the chunk sees cl - qlen + j + 1 keys
+    if (qlen > 0) live.push_back(static_cast<int32_t>(s));
   }
-
-  // One work item = one query token x a contiguous range of kv heads (all their q heads).
-  // Heads of one cache row are adjacent in memory, so a range reads each key/value row
-  // sequentially; ranges are split only as far as needed to keep every thread busy.
+  std::stable_sort(live.begin(), live.end(),
+                   [&](int32_t a, int32_t b) { return tables[a * MB] < tables[b * MB]; });
+  // Sets are capped so there are enough work items to keep every thread busy.
   const int64_t want_items = 4 * static_cast<int64_t>(num_threads());
-  const int64_t chunks = std::min<int64_t>(HK, std::max<int64_t>(1, (want_items + T - 1) / T));
+  const int64_t max_set = std::max<int64_t>(1, T * HK / want_items);
+  std::vector<int32_t> order;          // query tokens, set by set
+  std::vector<int64_t> set_start{0};   // set i is order[set_start[i], set_start[i + 1])
+  order.reserve(static_cast<size_t>(T));
+  for (size_t i = 0; i < live.size(); ++i) {
+    const int32_t s = live[i];
+    for (int32_t t = qs[s]; t < qs[s + 1]; ++t) {
+      const int64_t in_set = static_cast<int64_t>(order.size()) - set_start.back();
+      const bool same_prefix = i > 0 && tables[live[i - 1] * MB] == tables[s * MB];
+      if (in_set > 0 && (in_set >= max_set || (t == qs[s] && !same_prefix))) set_start.push_back(order.size());
+      order.push_back(t);
+    }
+  }
+  set_start.push_back(static_cast<int64_t>(order.size()));
+  const int64_t n_sets = static_cast<int64_t>(set_start.size()) - 1;
+
+  // One work item = one set x a contiguous range of kv heads (all their q heads). Heads of one
+  // cache row are adjacent in memory, so a range reads each key/value row sequentially; ranges
+  // are split only as far as needed to keep every thread busy.
+  const int64_t chunks = std::min<int64_t>(HK, std::max<int64_t>(1, (want_items + n_sets - 1) / n_sets));
   const int64_t per = (HK + chunks - 1) / chunks;  // kv heads per item
   const int64_t n_chunks = (HK + per - 1) / per;
-  const int64_t n_items = T * n_chunks;
+  const int64_t n_items = n_sets * n_chunks;
   // Calls under ~2^18 multiply-adds (tens of microseconds on one core) cost less than
   // waking the pool, so they run inline on the calling thread.
   const int64_t macs = total_keys * HQ * D * 2;
   const int64_t grain = macs < (int64_t{1} << 18) ? n_items : 1;
   const int64_t row_elems = HK * D;
   parallel_for(n_items, [&](int64_t item) {
-    const int64_t t = item / n_chunks;
+    const int64_t set = item / n_chunks;
     const int64_t h0 = (item % n_chunks) * per, h1 = std::min(HK, h0 + per);
     const int64_t H = (h1 - h0) * G;  // q heads in this item: h0*G .. h1*G-1
-    const int64_t s = seq_of[t];
-    const int64_t qlen = qs[s + 1] - qs[s];
-    const int64_t pos = cl[s] - qlen + (t - qs[s]);
-    const int64_t n = pos + 1;  // keys attended: positions 0..pos
-    const int32_t* table = tables + s * MB;
     const int64_t seg = (h1 - h0) * D;  // elements of the row segment this item reads
+    const int32_t* toks = order.data() + set_start[set];
+    const int64_t m = set_start[set + 1] - set_start[set];
 
+    // Per token of the set: keys attended (n), its block table, where its scores start.
+    thread_local std::vector<int64_t> meta;
+    meta.resize(static_cast<size_t>(3 * m));
+    int64_t* nkeys = meta.data();
+    int64_t* score_at = nkeys + m;
+    int64_t* table_at = score_at + m;
+    int64_t score_total = 0, max_blocks = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t t = toks[i], s = seq_of[t];
+      const int64_t pos = cl[s] - (qs[s + 1] - qs[s]) + (t - qs[s]);
+      nkeys[i] = pos + 1;  // keys attended: positions 0..pos
+      score_at[i] = score_total;
+      score_total += H * nkeys[i];
+      table_at[i] = s * MB;
+      max_blocks = std::max(max_blocks, (nkeys[i] + BS - 1) / BS);
+    }
     // Scratch reused across items; raw pointers so the loops below do no TLS lookups.
     thread_local std::vector<float> scratch;
     const bool convert = !std::is_same<E, F32T>::value;
-    scratch.resize(static_cast<size_t>(H * D * 2 + H * n + H + (convert ? BS * seg : 0)));
-    float* qf = scratch.data();
-    float* acc = qf + H * D;
-    float* scores = acc + H * D;  // [H, n]
-    float* inv = scores + H * n;  // [H]
-    float* buf = inv + H;         // one converted block segment [BS, seg]
-    std::fill(acc, acc + H * D, 0.f);
-    for (int64_t h = 0; h < H; ++h) {
-      const S* qrow = qd + (t * HQ + h0 * G + h) * D;
-      for (int64_t j = 0; j < D; ++j) qf[h * D + j] = E::load(qrow[j]) * scale;
-    }
-    const int64_t nblk = (n + BS - 1) / BS;
-    auto block_base = [&](const S* base, int64_t b) {
-      return base + (static_cast<int64_t>(table[b]) * BS * HK + h0) * D;
+    scratch.resize(static_cast<size_t>(m * H * D * 2 + score_total + m * H + (convert ? BS * seg : 0)));
+    float* qf = scratch.data();     // [m, H, D]
+    float* acc = qf + m * H * D;    // [m, H, D]
+    float* scores = acc + m * H * D;  // token i: [H, n_i] at score_at[i]
+    float* inv = scores + score_total;  // [m, H]
+    float* buf = inv + m * H;       // one converted block segment [BS, seg]
+    std::fill(acc, acc + m * H * D, 0.f);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        const S* qrow = qd + (toks[i] * HQ + h0 * G + h) * D;
+        for (int64_t j = 0; j < D; ++j) qf[(i * H + h) * D + j] = E::load(qrow[j]) * scale;
+      }
+    // Block b of every token of the set, one block at a time (16-bit caches convert a block
+    // once for consecutive tokens that share it).
+    auto for_each_block = [&](const S* base, auto&& body) {
+      for (int64_t b = 0; b < max_blocks; ++b) {
+        int64_t converted_id = -1, converted_rows = 0, stride = seg;
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t n = nkeys[i];
+          if (b * BS >= n) continue;
+          const int64_t rows = std::min(BS, n - b * BS);
+          const int64_t id = tables[table_at[i] + b];
+          const S* src = base + (id * BS * HK + h0) * D;
+          const float* rows_ptr;
+          if (convert && id == converted_id && rows <= converted_rows) {
+            rows_ptr = buf;
+          } else {
+            rows_ptr = block_rows<E>(src, row_elems, seg, rows, buf, &stride);
+            converted_id = id;
+            converted_rows = rows;
+          }
+          body(i, b, rows_ptr, stride, rows);
+        }
+      }
     };
-    for (int64_t b = 0; b < nblk; ++b) {
-      const int64_t rows = std::min(BS, n - b * BS);
-      if (b + 1 < nblk) __builtin_prefetch(block_base(kd, b + 1), 0, 1);
-      int64_t stride = 0;
-      const float* k = block_rows<E>(block_base(kd, b), row_elems, seg, rows, buf, &stride);
+    for_each_block(kd, [&](int64_t i, int64_t b, const float* k, int64_t stride, int64_t rows) {
       dispatch_dim(D, [&](auto dc) {
-        block_scores<decltype(dc)::value>(qf, k, stride, rows, h1 - h0, G, D, scores, n, b * BS);
+        block_scores<decltype(dc)::value>(qf + i * H * D, k, stride, rows, h1 - h0, G, D, scores + score_at[i],
+                                          nkeys[i], b * BS);
       });
-    }
-    softmax_rows(scores, H, n, inv);
-    for (int64_t b = 0; b < nblk; ++b) {
-      const int64_t rows = std::min(BS, n - b * BS);
-      if (b + 1 < nblk) __builtin_prefetch(block_base(vd, b + 1), 0, 1);
-      int64_t stride = 0;
-      const float* v = block_rows<E>(block_base(vd, b), row_elems, seg, rows, buf, &stride);
+    });
+    for (int64_t i = 0; i < m; ++i) softmax_rows(scores + score_at[i], H, nkeys[i], inv + i * H);
+    for_each_block(vd, [&](int64_t i, int64_t b, const float* v, int64_t stride, int64_t rows) {
       dispatch_dim(D, [&](auto dc) {
-        block_accumulate<decltype(dc)::value>(acc, scores, n, b * BS, v, stride, rows, h1 - h0, G, D);
+        block_accumulate<decltype(dc)::value>(acc + i * H * D, scores + score_at[i], nkeys[i], b * BS, v, stride,
+                                              rows, h1 - h0, G, D);
       });
-    }
-    for (int64_t h = 0; h < H; ++h) {
-      S* orow = od + (t * HQ + h0 * G + h) * D;
-      for (int64_t j = 0; j < D; ++j) orow[j] = E::store(acc[h * D + j] * inv[h]);
-    }
+    });
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        S* orow = od + (toks[i] * HQ + h0 * G + h) * D;
+        for (int64_t j = 0; j < D; ++j) orow[j] = E::store(acc[(i * H + h) * D + j] * inv[i * H + h]);
+      }
   }, grain);
 }
 

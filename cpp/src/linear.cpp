@@ -70,8 +70,13 @@ __attribute__((always_inline)) inline void weight_block(const float* w, const fl
                                                         float* out, int64_t M, int64_t N, int64_t K, int64_t n0,
                                                         int64_t n1) {
   int64_t n = n0;
-  for (; n + kRowsW <= n1; n += kRowsW)
+  for (; n + kRowsW <= n1; n += kRowsW) {
+    // Few input rows leave the loads of each weight tile exposed: fetch the next tile meanwhile.
+    const float* next = w + (n + kRowsW) * K;
+    const int64_t ahead = std::min<int64_t>(kRowsW, n1 - n - kRowsW) * K;
+    for (int64_t o = 0; o < ahead; o += 16) __builtin_prefetch(next + o, 0, 3);
     weight_rows<W, kRowsW>(w + n * K, x, M, K, bias ? bias + n : nullptr, out + n, N);
+  }
   const float* b = bias ? bias + n : nullptr;
   switch (n1 - n) {
     case 3: weight_rows<W, 3>(w + n * K, x, M, K, b, out + n, N); break;

@@ -230,3 +230,64 @@ def test_kernels_share_torchs_openmp_team_and_thread_count():
     env = {k: v for k, v in os.environ.items() if k != "ALIGNKIT_NUM_THREADS"}
     for order in (["torch", "alignkit._sampler"], ["alignkit._sampler", "torch"]):
         subprocess.run([sys.executable, "-c", code, *order], check=True, env=env)
+
+
+def shared_prompt_step(dtype, d, group_sizes, block_size=4, seed=0):
+    """A step over groups of samples forked from one prompt: the prompt's full blocks are shared.
+
+    Returns (tables with shared blocks, the same tables with every shared block copied to a
+    private one, the caches, q, context_lens, query_start_loc). Samples decode one token, except
+    the first of each group, which runs a 3-token chunk.
+    """
+    g = torch.Generator().manual_seed(seed)
+    hk, hq = 2, 4
+    kc = torch.randn(512, block_size, hk, d, generator=g).to(dtype)
+    vc = torch.randn(512, block_size, hk, d, generator=g).to(dtype)
+    free = iter(range(512))
+    shared_rows, private_rows, ctx, qlens = [], [], [], []
+    for gi, n in enumerate(group_sizes):
+        prompt_blocks = [next(free) for _ in range(3 + gi % 2)]  # 12 or 16 prompt tokens, all full blocks
+        for j in range(n):
+            own = [next(free) for _ in range(1 + (j % 3))]  # each sample's own generated tokens
+            copies = [next(free) for _ in prompt_blocks]
+            for src, dst in zip(prompt_blocks, copies):
+                kc[dst], vc[dst] = kc[src], vc[src]
+            shared_rows.append(prompt_blocks + own)
+            private_rows.append(copies + own)
+            ctx.append(len(prompt_blocks) * block_size + len(own) * block_size - j % block_size)
+            qlens.append(3 if j == 0 else 1)
+    width = max(len(r) for r in shared_rows)
+    pad = lambda rows: torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32)  # noqa: E731
+    qsl = torch.tensor([0] + torch.tensor(qlens).cumsum(0).tolist(), dtype=torch.int32)
+    q = torch.randn(int(qsl[-1]), hq, d, generator=g).to(dtype)
+    return pad(shared_rows), pad(private_rows), kc, vc, q, torch.tensor(ctx, dtype=torch.int32), qsl
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [16, 32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("group_sizes", [[5, 1, 8], [24]], ids=["groups", "one-big-group"])
+def test_shared_prompt_blocks_give_bitwise_the_results_of_private_copies(dtype, d, threads, group_sizes):
+    # The kernel runs the tokens of samples that share their first block together, reading each
+    # shared block once; a token's result must not depend on that grouping (nor on how large
+    # groups are split to keep threads busy: 24 samples of one prompt on 1 or 2 threads).
+    shared, private, kc, vc, q, ctx, qsl = shared_prompt_step(dtype, d, group_sizes)
+    outs = []
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for tables in (shared, private):
+            out = torch.full_like(q, float("nan"))
+            ops.paged_attention(out, q, kc, vc, tables, ctx, qsl, d ** -0.5)
+            outs.append(out)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(outs[0], outs[1])
+    # And both are causal attention over each sequence's history, gathered through its table.
+    bs = kc.shape[1]
+    for s in range(ctx.shape[0]):
+        c, q0, q1 = int(ctx[s]), int(qsl[s]), int(qsl[s + 1])
+        pos = torch.arange(c)
+        blocks = shared[s, pos // bs].long()
+        ref = dense_reference(q[q0:q1], kc[blocks, pos % bs], vc[blocks, pos % bs], c - (q1 - q0), d ** -0.5)
+        torch.testing.assert_close(outs[0][q0:q1].float(), ref.to(dtype).float(), **TOL[dtype])

@@ -39,7 +39,8 @@ void write_kv_cpu(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k,
                   const Tensor& slot_mapping);
 /// Copy whole blocks src[i] -> dst[i] in both caches (CPU).
 void copy_blocks_cpu(const Tensor& k_cache, const Tensor& v_cache, const Tensor& src, const Tensor& dst);
-/// Causal paged attention (CPU, threaded over (token, kv-head group) work items).
+/// Causal paged attention (CPU, threaded over (token set, kv-head group) work items; the tokens of
+/// sequences that share their first block run together so shared prompt blocks are read once).
 void paged_attention_cpu(const Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                          const Tensor& block_tables, const Tensor& context_lens, const Tensor& query_start_loc,
                          float scale);
