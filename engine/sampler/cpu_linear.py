@@ -62,9 +62,10 @@ cpu_linear_op = registered_once(_register_cpu_linear)
 def decode_linear_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward for `module` that computes its `F.linear(x, weight, bias)` with the decode kernel."""
     op = cpu_linear_op()
+    params = module._parameters  # read at call time: a training step or a reassigned weight is seen
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        w, b = module.weight, module.bias
+        w, b = params["weight"], params.get("bias")
         if x.dtype != w.dtype or torch.is_autocast_enabled("cpu"):
             return F.linear(x, w, b)  # let F.linear cast, or raise its own error
         if torch.compiler.is_compiling():
@@ -78,9 +79,10 @@ def runs_decode_kernel(module: Any) -> bool:
     """Whether a sampler step runs this layer through the decode kernel: a plain fp32 `nn.Linear` on the CPU."""
     if type(module) is not torch.nn.Linear or "forward" in module.__dict__:  # subclasses, patched modules: as is
         return False
-    w, b = module.weight, module.bias
-    return w.device.type == "cpu" and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous() \
-        and (b is None or (b.dtype == torch.float32 and b.is_contiguous()))
+    params = module._parameters  # not module.weight: nn.Module.__getattr__ is slow, and this runs per layer per step
+    w, b = params["weight"], params.get("bias")
+    return w is not None and w.is_cpu and w.dtype is torch.float32 and w.ndim == 2 and w.is_contiguous() \
+        and (b is None or (b.dtype is torch.float32 and b.is_contiguous()))
 
 
 @contextmanager
@@ -90,9 +92,10 @@ def decode_linears(forwards: Sequence[tuple[torch.nn.Linear, Callable[..., Any]]
     try:
         for module, forward in forwards:
             if runs_decode_kernel(module):  # checked per step: the model may have moved or been cast
-                module.forward = forward
+                # The instance dict directly: nn.Module.__setattr__'s bookkeeping costs ~5 us a layer.
+                module.__dict__["forward"] = forward
                 swapped.append(module)
         yield
     finally:
         for module in swapped:
-            del module.forward
+            module.__dict__.pop("forward", None)
