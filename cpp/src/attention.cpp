@@ -235,6 +235,8 @@ inline const float* block_rows(const typename E::storage* base, int64_t row_elem
   }
 }
 
+constexpr int64_t kSetScratchFloats = 1 << 20;  // 4 MB of scratch per set at most
+
 template <class E>
 void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& bt,
                     const Tensor& ctx, const Tensor& qsl, float scale) {
@@ -269,19 +271,28 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
   }
   std::stable_sort(live.begin(), live.end(),
                    [&](int32_t a, int32_t b) { return tables[a * MB] < tables[b * MB]; });
-  // Sets are capped so there are enough work items to keep every thread busy.
+  // Sets are capped so there are enough work items to keep every thread busy, and so a set's
+  // scratch (its queries, outputs and scores, ~H * (2D + keys) floats a token) stays within
+  // kSetScratchFloats: a long prefill chunk is split rather than holding chunk x context scores.
   const int64_t want_items = 4 * static_cast<int64_t>(num_threads());
   const int64_t max_set = std::max<int64_t>(1, T * HK / want_items);
   std::vector<int32_t> order;          // query tokens, set by set
   std::vector<int64_t> set_start{0};   // set i is order[set_start[i], set_start[i + 1])
   order.reserve(static_cast<size_t>(T));
+  int64_t set_floats = 0;
   for (size_t i = 0; i < live.size(); ++i) {
     const int32_t s = live[i];
+    const int64_t qlen = qs[s + 1] - qs[s];
     for (int32_t t = qs[s]; t < qs[s + 1]; ++t) {
       const int64_t in_set = static_cast<int64_t>(order.size()) - set_start.back();
       const bool same_prefix = i > 0 && tables[live[i - 1] * MB] == tables[s * MB];
-      if (in_set > 0 && (in_set >= max_set || (t == qs[s] && !same_prefix))) set_start.push_back(order.size());
+      const int64_t floats = HQ * (2 * D + cl[s] - qlen + (t - qs[s]) + 2);
+      if (in_set > 0 && (in_set >= max_set || (t == qs[s] && !same_prefix) || set_floats + floats > kSetScratchFloats)) {
+        set_start.push_back(order.size());
+        set_floats = 0;
+      }
       order.push_back(t);
+      set_floats += floats;
     }
   }
   set_start.push_back(static_cast<int64_t>(order.size()));

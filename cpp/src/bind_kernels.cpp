@@ -284,6 +284,15 @@ void linear(const Array& out, const Array& x, const Array& weight, const std::op
   }
   if (common_device(fn, all) != Device::CPU)
     throw nb::value_error("linear: this kernel runs on the CPU; on CUDA use torch.nn.functional.linear");
+  // `out` is written while x, weight and bias are still read: they must not share memory.
+  auto overlaps = [&](const Tensor& t) {
+    const char* a = static_cast<const char*>(to.data);
+    const char* b = static_cast<const char*>(t.data);
+    return t.numel() > 0 && to.numel() > 0 && a < b + t.numel() * 4 && b < a + to.numel() * 4;
+  };
+  for (auto& [name, t] : all)
+    if (t != &to && overlaps(*t))
+      throw nb::value_error((std::string("linear: `out` overlaps `") + name + "`; pass a separate output tensor").c_str());
   if (M == 0 || N == 0) return;
   nb::gil_scoped_release release;
   linear_cpu(to, tx, tw, bias ? &tb : nullptr);
@@ -309,7 +318,7 @@ void bind_kernels(nb::module_& m) {
         "out = x @ weight.T (+ bias), fp32 on the CPU, for the few rows of decode steps: the weight is read in "
         "place (no packing) and each row's result is bitwise independent of the other rows (batch-invariant).");
   m.def("attention_isa", [] { return std::string(attention_isa()); },
-        "SIMD flavour of the CPU attention kernels: 'avx2' or 'baseline' (env ALIGNKIT_NO_AVX2=1 forces it).");
+        "SIMD flavour of the CPU attention and linear kernels: 'avx2' or 'baseline' (env ALIGNKIT_NO_AVX2=1 forces it).");
   m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");
 }
 

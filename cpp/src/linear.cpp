@@ -19,7 +19,7 @@ namespace {
 /// Every output takes the same operations in the same order whatever NB, MB or its place.
 template <int W, int NB, int MB>
 __attribute__((always_inline)) inline void tile(const float* __restrict w, const float* __restrict x, int64_t K,
-                                                const float* __restrict bias, float* __restrict out, int64_t N) {
+                                                const float* __restrict bias, float* out, int64_t N) {
   using V = typename Vec<W>::type;
   constexpr int T = NB * MB;
   V acc[T];
@@ -53,6 +53,7 @@ __attribute__((always_inline)) inline void tile(const float* __restrict w, const
 
 constexpr int kRowsW = 4;  // weight rows per tile
 constexpr int kRowsX = 3;  // input rows per tile: 12 accumulators + 3 inputs + 1 weight = 16 registers
+constexpr int64_t kChunkBytes = 256 * 1024;  // input rows per pass over the weight: about half an L2
 
 /// NB weight rows (starting at w) against all M input rows.
 template <int W, int NB>
@@ -111,12 +112,21 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   const int64_t items = (N + per - 1) / per;
   // Under ~2^15 multiply-adds (a microsecond) waking the other threads costs more than it saves.
   const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
+  // Many rows (prefill) are taken a chunk at a time, sized so a chunk of x stays in L2 while the
+  // item's weight rows stream past it; a row's arithmetic does not depend on its chunk.
+  const int64_t chunk_rows = std::max<int64_t>(kRowsX, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / kRowsX * kRowsX);
   parallel_for(items, [&](int64_t item) {
     const int64_t n0 = item * per, n1 = std::min(N, n0 + per);
+    for (int64_t m0 = 0; m0 < M; m0 += chunk_rows) {
+      const int64_t rows = std::min(chunk_rows, M - m0);
 #if ALIGNKIT_HAS_V3
-    if (use_avx2()) return weight_block_v3(wd, xd, bd, od, M, N, K, n0, n1);
+      if (use_avx2()) {
+        weight_block_v3(wd, xd + m0 * K, bd, od + m0 * N, rows, N, K, n0, n1);
+        continue;
+      }
 #endif
-    weight_block_base(wd, xd, bd, od, M, N, K, n0, n1);
+      weight_block_base(wd, xd + m0 * K, bd, od + m0 * N, rows, N, K, n0, n1);
+    }
   }, grain);
 }
 

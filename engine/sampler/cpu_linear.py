@@ -5,15 +5,16 @@ fp32 sgemm (MKL) re-packs the whole weight on every call, which only pays off ov
 `alignkit._sampler.linear` reads the weight where it is, row by row (linear.h). Measured on the
 2-vCPU dev VM, 2 threads, MKL / oneDNN / ours in us: 704x256 at 8 rows 88 / 152 / 33, at 128 rows
 389 / 418 / 344; the 4096x256 head at 8 rows 410 / 343 / 158; a 151936x896 head at 8 rows
-130648 / 55718 / 38485. Past MAX_ROWS rows (prefill) sgemm's packing wins and F.linear runs.
+130648 / 55718 / 38485. Prefill steps (hundreds of rows) are taken a chunk of rows at a time,
+at about sgemm's speed.
 
 Each row's result is bitwise independent of the other rows of the step (the kernel sums in a
 fixed order), so what a sequence samples does not depend on what it was batched with.
 
 The swap is active only inside a sampler forward, like the attention switch: training forwards
-use `nn.Linear.forward`. It reads the module's parameters at call time (no copy, no packed cache),
-so a training step is visible to the next sampler step. Inside `torch.compile` each layer is one
-call of the op `alignkit::cpu_linear`.
+use `nn.Linear.forward`, and a forward that needs gradients falls back to `F.linear`. It reads
+the module's parameters at call time (no copy, no packed cache), so a training step is visible to
+the next sampler step. Inside `torch.compile` each layer is one call of the op `alignkit::cpu_linear`.
 """
 
 from __future__ import annotations
@@ -27,29 +28,25 @@ from torch.utils.dlpack import to_dlpack
 
 from .custom_ops import define_op, registered_once
 
-MAX_ROWS = 256  # above this many rows sgemm (which packs the weight) is as fast or faster
-_linear: Callable[..., None] = None  # type: ignore[assignment]  # alignkit._sampler.linear, set on registration
+_kernel: list[Callable[..., None]] = []  # alignkit._sampler.linear, imported on first use
 
 
 def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight.T (+ bias) for fp32 CPU tensors; x [..., in] -> [..., out]."""
+    if not _kernel:
+        import alignkit._sampler as ext
+
+        _kernel.append(ext.linear)
     rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-    if rows.shape[0] > MAX_ROWS:
-        return F.linear(x, weight, bias)
     out = rows.new_empty((rows.shape[0], weight.shape[0]))
     # Called once per layer per step: the extension directly, tensors as DLPack capsules (kernels.py).
-    _linear(to_dlpack(out), to_dlpack(rows if rows.is_contiguous() else rows.contiguous()),
-            to_dlpack(weight.detach()), None if bias is None else to_dlpack(bias.detach()))
+    _kernel[0](to_dlpack(out), to_dlpack(rows if rows.is_contiguous() else rows.contiguous()),
+               to_dlpack(weight.detach()), None if bias is None else to_dlpack(bias.detach()))
     return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
 
 
 def _register_cpu_linear() -> Any:
     """`torch.ops.alignkit.cpu_linear`, registered by the first `cpu_linear_op()` call."""
-    global _linear
-    import alignkit._sampler as ext
-
-    _linear = ext.linear
-
     def fake(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
@@ -61,15 +58,14 @@ cpu_linear_op = registered_once(_register_cpu_linear)
 
 def decode_linear_forward(module: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward for `module` that computes its `F.linear(x, weight, bias)` with the decode kernel."""
-    op = cpu_linear_op()
     params = module._parameters  # read at call time: a training step or a reassigned weight is seen
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         w, b = params["weight"], params.get("bias")
-        if x.dtype != w.dtype or torch.is_autocast_enabled("cpu"):
-            return F.linear(x, w, b)  # let F.linear cast, or raise its own error
+        if x.dtype != w.dtype or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled():
+            return F.linear(x, w, b)  # F.linear casts, raises its own dtype error, or records autograd
         if torch.compiler.is_compiling():
-            return op(x, w, b)  # one graph node
+            return torch.ops.alignkit.cpu_linear(x, w, b)  # one graph node (registered by compile_step)
         return _cpu_linear(x, w, b)  # eager: skip the dispatcher
 
     return forward

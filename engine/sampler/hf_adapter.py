@@ -123,10 +123,8 @@ class HFRunner:
         self._configs = list(configs.values())
         params = inspect.signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in params
-        # One decode forward per nn.Linear, built once: the same function objects every step
-        # (torch.compile guards on them). Which ones are swapped in is decided per step.
-        self._linear_forwards = [(m, decode_linear_forward(m)) for m in model.modules()
-                                 if type(m) is torch.nn.Linear]
+        self._linear_forwards: list[tuple[torch.nn.Linear, Any]] = []
+        self._linears_of_head: Any = None  # the LM head the list was built with
         register_paged_attention()
 
     @property
@@ -150,13 +148,24 @@ class HFRunner:
                 c._attn_implementation_internal = ATTN_NAME
             if was_training:
                 self.model.eval()  # sampling is inference: no dropout
-            with decode_linears(self._linear_forwards):
+            with decode_linears(self._decode_linear_forwards()):
                 yield
         finally:
             for c, s in zip(self._configs, saved):
                 c._attn_implementation_internal = s
             if was_training:
                 self.model.train()
+
+    def _decode_linear_forwards(self) -> list[tuple[torch.nn.Linear, Any]]:
+        # One decode forward per nn.Linear, kept across steps (the same function objects every
+        # step: torch.compile guards on them); rebuilt when the LM head was replaced, e.g. by
+        # resize_token_embeddings, so the new head is served and the old one not kept alive.
+        head = self.model.get_output_embeddings()
+        if head is not self._linears_of_head:
+            self._linear_forwards = [(m, decode_linear_forward(m)) for m in self.model.modules()
+                                     if type(m) is torch.nn.Linear]
+            self._linears_of_head = head
+        return self._linear_forwards
 
     def compile(self) -> None:
         """Run the model's step through `torch.compile` from now on (see `Sampler(compile=True)`)."""

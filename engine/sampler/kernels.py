@@ -8,7 +8,7 @@ checks of dtype, device, shape and layout run in the extension). Results are ide
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.dlpack import to_dlpack
@@ -31,8 +31,8 @@ class CapsuleKernels:
         if isinstance(fn, type) or not callable(fn):  # classes (Scheduler) and constants pass through
             return fn
 
-        def call(*args: Any) -> Any:
-            return fn(*[_capsule(a) for a in args])
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return fn(*[_capsule(a) for a in args], **{k: _capsule(v) for k, v in kwargs.items()})
 
         call.__name__, call.__doc__ = name, fn.__doc__
         setattr(self, name, call)  # built once per name
@@ -50,7 +50,3 @@ def default_kernels() -> CapsuleKernels:
         _default.append(CapsuleKernels(ext))
     return _default[0]
 
-
-def kernel(name: str) -> Callable[..., Any]:
-    """One kernel of the extension, called with capsules (e.g. `kernel("paged_attention")`)."""
-    return getattr(default_kernels(), name)

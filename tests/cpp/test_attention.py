@@ -232,30 +232,38 @@ def test_kernels_share_torchs_openmp_team_and_thread_count():
         subprocess.run([sys.executable, "-c", code, *order], check=True, env=env)
 
 
-def shared_prompt_step(dtype, d, group_sizes, block_size=4, seed=0):
+def shared_prompt_step(dtype, d, group_sizes, block_size=8, seed=0):
     """A step over groups of samples forked from one prompt: the prompt's full blocks are shared.
 
     Returns (tables with shared blocks, the same tables with every shared block copied to a
     private one, the caches, q, context_lens, query_start_loc). Samples decode one token, except
-    the first of each group, which runs a 3-token chunk.
+    the first of each group, which runs a 3-token chunk. Two more sequences share all their
+    blocks with different lengths (a block's rows read by a later token are fewer than by the first).
     """
     g = torch.Generator().manual_seed(seed)
     hk, hq = 2, 4
-    kc = torch.randn(512, block_size, hk, d, generator=g).to(dtype)
-    vc = torch.randn(512, block_size, hk, d, generator=g).to(dtype)
-    free = iter(range(512))
+    kc = torch.randn(1024, block_size, hk, d, generator=g).to(dtype)
+    vc = torch.randn(1024, block_size, hk, d, generator=g).to(dtype)
+    free = iter(range(1024))
     shared_rows, private_rows, ctx, qlens = [], [], [], []
+
+    def add(shared, own, context, qlen):
+        copies = [next(free) for _ in shared]
+        for src, dst in zip(shared, copies):
+            kc[dst], vc[dst] = kc[src], vc[src]
+        shared_rows.append(shared + own)
+        private_rows.append(copies + own)
+        ctx.append(context)
+        qlens.append(qlen)
+
     for gi, n in enumerate(group_sizes):
-        prompt_blocks = [next(free) for _ in range(3 + gi % 2)]  # 12 or 16 prompt tokens, all full blocks
+        prompt_blocks = [next(free) for _ in range(3 + gi % 2)]  # 24 or 32 prompt tokens, all full blocks
         for j in range(n):
             own = [next(free) for _ in range(1 + (j % 3))]  # each sample's own generated tokens
-            copies = [next(free) for _ in prompt_blocks]
-            for src, dst in zip(prompt_blocks, copies):
-                kc[dst], vc[dst] = kc[src], vc[src]
-            shared_rows.append(prompt_blocks + own)
-            private_rows.append(copies + own)
-            ctx.append(len(prompt_blocks) * block_size + len(own) * block_size - j % block_size)
-            qlens.append(3 if j == 0 else 1)
+            add(prompt_blocks, own, (len(prompt_blocks) + len(own)) * block_size - j % block_size, 3 if j == 0 else 1)
+    common = [next(free) for _ in range(3)]
+    add(common, [], 3 * block_size - 2, 1)
+    add(common, [], 2 * block_size + 2, 1)
     width = max(len(r) for r in shared_rows)
     pad = lambda rows: torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32)  # noqa: E731
     qsl = torch.tensor([0] + torch.tensor(qlens).cumsum(0).tolist(), dtype=torch.int32)
@@ -264,7 +272,7 @@ def shared_prompt_step(dtype, d, group_sizes, block_size=4, seed=0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("d", [16, 32])
+@pytest.mark.parametrize("d", [16, 64])  # 64: enough work that the items run on the threads in parallel
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("group_sizes", [[5, 1, 8], [24]], ids=["groups", "one-big-group"])
 def test_shared_prompt_blocks_give_bitwise_the_results_of_private_copies(dtype, d, threads, group_sizes):

@@ -21,7 +21,7 @@ def call(x, w, b=None):
 
 # M covers full 3-row tiles and 1- and 2-row tails, N 4-row tiles and 1..3-row tails, K full
 # 8-lane vectors and a tail; the large N is split into several thread work items.
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 17, 64])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 17, 64, 600])
 @pytest.mark.parametrize("n,k", [(1, 8), (7, 13), (66, 256), (130, 37), (1030, 64)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_matches_torch(m, n, k, bias):
@@ -35,10 +35,10 @@ def test_rows_are_batch_invariant():
     """A row's output is bitwise the same alone, among other rows, at any place and thread count."""
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(203, 131, generator=g), torch.randn(203, generator=g)
-    xs = torch.randn(40, 131, generator=g)
-    alone = torch.cat([call(xs[i:i + 1], w, b) for i in range(40)])
+    xs = torch.randn(1100, 131, generator=g)  # more rows than one pass over the weight takes (~500)
+    alone = torch.cat([call(xs[i:i + 1], w, b) for i in range(1100)])
     assert torch.equal(call(xs, w, b), alone)
-    perm = torch.randperm(40, generator=g)
+    perm = torch.randperm(1100, generator=g)
     assert torch.equal(call(xs[perm], w, b), alone[perm])
     threads = torch.get_num_threads()
     try:
@@ -78,6 +78,7 @@ def test_baseline_kernel_matches_torch():
     ("bias_shape", ValueError, "`bias` must have shape"),
     ("strided", ValueError, "`weight` must be contiguous"),
     ("ndim", ValueError, "`x` must be 2-D"),
+    ("overlap", ValueError, "`out` overlaps `x`"),
 ])
 def test_bad_input_raises(case, exc, match):
     x, w, out, b = torch.randn(3, 8), torch.randn(5, 8), torch.empty(3, 5), torch.randn(5)
@@ -93,5 +94,8 @@ def test_bad_input_raises(case, exc, match):
         w = torch.randn(8, 5).T
     elif case == "ndim":
         x = x[None]
+    elif case == "overlap":
+        flat = torch.randn(40)  # out shares the last 8 floats of x
+        x, out = flat[:24].view(3, 8), flat[16:31].view(3, 5)
     with pytest.raises(exc, match=match):
         ext.linear(out, x, w, b)

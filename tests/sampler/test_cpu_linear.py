@@ -5,15 +5,15 @@ import torch
 
 import alignkit.engine.sampler.cpu_linear as cl
 from alignkit.engine.sampler import Sampler, SamplingParams
-from alignkit.engine.sampler.cpu_linear import (MAX_ROWS, cpu_linear_op, decode_linear_forward, decode_linears,
+from alignkit.engine.sampler.cpu_linear import (cpu_linear_op, decode_linear_forward, decode_linears,
                                                 runs_decode_kernel)
 
 from .tiny_models import VOCAB, build
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (37, 64), (2, 5, 64), (MAX_ROWS + 3, 64), (64,)],
-                         ids=["0rows", "1row", "37rows", "3d", "sgemm_rows", "1d"])
+@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (37, 64), (2, 5, 64), (4099, 64), (64,)],
+                         ids=["0rows", "1row", "37rows", "3d", "prefill_rows", "1d"])
 def test_cpu_linear_op_equals_f_linear(shape, bias):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
@@ -53,6 +53,38 @@ def test_autocast_and_mixed_dtypes_fall_back_to_f_linear():
         layer(x.bfloat16())  # F.linear's own error for mismatched dtypes, not a kernel error
 
 
+def test_a_forward_that_needs_gradients_runs_f_linear():
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    with decode_linears([(layer, decode_linear_forward(layer))]):
+        y = layer(x)  # grad mode on, parameters require grad: autograd must see the op
+    assert y.grad_fn is not None
+    y.sum().backward()
+    torch.testing.assert_close(layer.weight.grad, torch.ones(3, 8).T @ x)
+
+
+def test_a_replaced_lm_head_is_served_and_the_old_one_released(models_dir):
+    import gc
+    import weakref
+
+    model = build("llama", models_dir)
+    sampler = Sampler(model, block_size=4)
+    params = SamplingParams(n=2, max_new_tokens=3, seed=0)
+    sampler.generate([[5, 6, 7]], params)
+    old_head = weakref.ref(model.get_output_embeddings())
+    model.resize_token_embeddings(VOCAB + 8)  # a new lm_head module
+    seen = set()
+    compute = cl._cpu_linear
+    cl._cpu_linear = lambda x, w, b: seen.add(w.data_ptr()) or compute(x, w, b)
+    try:
+        sampler.generate([[5, 6, 7]], params)
+    finally:
+        cl._cpu_linear = compute
+    assert model.get_output_embeddings().weight.data_ptr() in seen
+    gc.collect()
+    assert old_head() is None
+
+
 def test_swap_is_undone_even_on_error_and_skips_ineligible_layers():
     plain, half = torch.nn.Linear(8, 16), torch.nn.Linear(8, 16).half()
     pairs = [(m, decode_linear_forward(m)) for m in (plain, half)]
@@ -85,6 +117,7 @@ def test_samples_and_logprobs_are_bitwise_batch_invariant(model_name, models_dir
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9)]
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=14, seed=123)
+    prompts += [torch.randint(3, VOCAB, (120,), generator=g).tolist() for _ in range(3)]  # a 400-token prefill step
     runs = []
     for config in (dict(max_num_seqs=64), dict(max_num_seqs=1, max_num_batched_tokens=5),
                    dict(max_num_seqs=7, max_num_batched_tokens=16)):

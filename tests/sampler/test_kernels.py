@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import alignkit._sampler as ext
-from alignkit.engine.sampler.kernels import CapsuleKernels, default_kernels, kernel
+from alignkit.engine.sampler.kernels import CapsuleKernels, default_kernels
 
 
 def test_same_result_as_direct_call():
@@ -29,14 +29,17 @@ def test_same_result_as_direct_call():
 def test_parameters_and_non_tensor_arguments_pass():
     w = torch.nn.Parameter(torch.randn(5, 8))  # requires grad: exported through a detached view
     x, out = torch.randn(2, 8), torch.empty(2, 5)
-    kernel("linear")(out, x, w, None)
+    default_kernels().linear(out, x, w, None)
     torch.testing.assert_close(out, x @ w.detach().T, rtol=1e-5, atol=1e-5)
+    out2 = torch.empty(2, 5)
+    default_kernels().linear(out=out2, x=x, weight=w)  # keyword arguments are converted too
+    assert torch.equal(out2, out)
     assert default_kernels().Scheduler is ext.Scheduler  # classes pass through unwrapped
 
 
 def test_errors_are_the_extensions():
     x, w = torch.randn(2, 8, dtype=torch.float64), torch.randn(5, 8)
     with pytest.raises(TypeError, match="`x` must have dtype float32"):
-        kernel("linear")(torch.empty(2, 5), x, w, None)
+        default_kernels().linear(torch.empty(2, 5), x, w, None)
     with pytest.raises(ValueError, match="contiguous"):
-        kernel("linear")(torch.empty(2, 5), torch.randn(8, 2).T, w, None)
+        default_kernels().linear(torch.empty(2, 5), torch.randn(8, 2).T, w, None)

@@ -27,7 +27,7 @@ namespace alignkit {
 inline bool use_avx2() {
 #if ALIGNKIT_HAS_V3
   static const bool on = [] {
-    __builtin_cpu_init();  // may run during static initialisation: initialise the CPU model first
+    __builtin_cpu_init();  // GCC's rule: initialise the CPU model before __builtin_cpu_supports
     const char* off = std::getenv("ALIGNKIT_NO_AVX2");
     if (off && *off && std::string(off) != "0") return false;
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
