@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.dlpack import to_dlpack
 
 from .custom_ops import define_op, registered_once
+from .kernels import as_capsule
 
 _kernel: list[Callable[..., None]] = []  # alignkit._sampler.linear, imported on first use
 
@@ -40,8 +40,7 @@ def _cpu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     out = rows.new_empty((rows.shape[0], weight.shape[0]))
     # Called once per layer per step: the extension directly, tensors as DLPack capsules (kernels.py).
-    _kernel[0](to_dlpack(out), to_dlpack(rows if rows.is_contiguous() else rows.contiguous()),
-               to_dlpack(weight.detach()), None if bias is None else to_dlpack(bias.detach()))
+    _kernel[0](as_capsule(out), as_capsule(rows.contiguous()), as_capsule(weight), as_capsule(bias))
     return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
 
 

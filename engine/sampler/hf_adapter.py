@@ -8,8 +8,8 @@ configs to it only for the duration of one sampler forward, and pass the step's
 `PagedAttention` as the `alignkit_paged` keyword. `position_ids` carries each packed token's
 position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) makes the
 LM head run only on the rows that are sampled; on the CPU plain fp32 `nn.Linear` layers run
-through alignkit's decode kernel during the step (cpu_linear.py). Outside a sampler forward the model keeps its
-own attention (sdpa/eager/flash) and head, so training is untouched.
+through alignkit's decode kernel during the step (cpu_linear.py). Outside a sampler forward the
+model keeps its own attention (sdpa/eager/flash) and linear layers, so training is untouched.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ import torch
 from torch.utils.dlpack import to_dlpack
 
 
-def _capsule(a: Any) -> Any:
+def as_capsule(a: Any) -> Any:
+    """A tensor as a DLPack capsule (detached first: export refuses tensors that require grad); anything else as is."""
     if isinstance(a, torch.Tensor):
-        return to_dlpack(a.detach() if a.requires_grad else a)  # parameters: export refuses grad tensors
+        return to_dlpack(a.detach() if a.requires_grad else a)
     return a
 
 
@@ -32,7 +33,7 @@ class CapsuleKernels:
             return fn
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return fn(*[_capsule(a) for a in args], **{k: _capsule(v) for k, v in kwargs.items()})
+            return fn(*[as_capsule(a) for a in args], **{k: as_capsule(v) for k, v in kwargs.items()})
 
         call.__name__, call.__doc__ = name, fn.__doc__
         setattr(self, name, call)  # built once per name
