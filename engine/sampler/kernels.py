@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch.utils.dlpack import to_dlpack
 
+from .custom_ops import registered_once
+
 
 def as_capsule(a: Any) -> Any:
     """A tensor as a DLPack capsule (detached first: export refuses tensors that require grad); anything else as is."""
@@ -40,14 +42,11 @@ class CapsuleKernels:
         return call
 
 
-_default: list[CapsuleKernels] = []
-
-
-def default_kernels() -> CapsuleKernels:
+def _load_default() -> CapsuleKernels:
     """`alignkit._sampler` behind a `CapsuleKernels` (one per process)."""
-    if not _default:
-        import alignkit._sampler as ext
+    import alignkit._sampler as ext
 
-        _default.append(CapsuleKernels(ext))
-    return _default[0]
+    return CapsuleKernels(ext)
 
+
+default_kernels = registered_once(_load_default)
