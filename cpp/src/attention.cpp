@@ -152,13 +152,22 @@ template <int DC>
 ALIGNKIT_V3 void block_accumulate_v3(ALIGNKIT_BLOCK_ARGS_A) {
   block_accumulate_t<DC, 8>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 }
+template <int DC>
+ALIGNKIT_V4 void block_scores_v4(ALIGNKIT_BLOCK_ARGS_S) {
+  block_scores_t<DC, 16>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+}
+template <int DC>
+ALIGNKIT_V4 void block_accumulate_v4(ALIGNKIT_BLOCK_ARGS_A) {
+  block_accumulate_t<DC, 16>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+}
 #endif
 
 /// Scores for one block of keys, on the widest SIMD the CPU offers.
 template <int DC>
 inline void block_scores(ALIGNKIT_BLOCK_ARGS_S) {
 #if ALIGNKIT_HAS_V3
-  if (use_avx2()) return block_scores_v3<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+  if (simd_isa() == Isa::avx512) return block_scores_v4<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
+  if (simd_isa() == Isa::avx2) return block_scores_v3<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
 #endif
   block_scores_base<DC>(qf, k, ks, rows, HKi, G, D, scores, n, p0);
 }
@@ -166,7 +175,8 @@ inline void block_scores(ALIGNKIT_BLOCK_ARGS_S) {
 template <int DC>
 inline void block_accumulate(ALIGNKIT_BLOCK_ARGS_A) {
 #if ALIGNKIT_HAS_V3
-  if (use_avx2()) return block_accumulate_v3<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+  if (simd_isa() == Isa::avx512) return block_accumulate_v4<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
+  if (simd_isa() == Isa::avx2) return block_accumulate_v3<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 #endif
   block_accumulate_base<DC>(acc, w, n, p0, v, vs, rows, HKi, G, D);
 }
@@ -396,7 +406,7 @@ void attention_impl(const Tensor& out, const Tensor& q, const Tensor& kc, const 
 
 }  // namespace
 
-const char* attention_isa() { return use_avx2() ? "avx2" : "baseline"; }
+const char* attention_isa() { return isa_name(simd_isa()); }
 
 const char* dtype_name(DType t) {
   switch (t) {

@@ -318,7 +318,7 @@ void bind_kernels(nb::module_& m) {
         "out = x @ weight.T (+ bias), fp32 on the CPU, for the few rows of decode steps: the weight is read in "
         "place (no packing) and each row's result is bitwise independent of the other rows (batch-invariant).");
   m.def("attention_isa", [] { return std::string(attention_isa()); },
-        "SIMD flavour of the CPU attention and linear kernels: 'avx2' or 'baseline' (env ALIGNKIT_NO_AVX2=1 forces it).");
+        "SIMD flavour of the CPU attention and linear kernels: 'avx512', 'avx2' or 'baseline' (the widest the CPU has; env ALIGNKIT_ISA=avx2 or baseline caps it).");
   m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");
 }
 

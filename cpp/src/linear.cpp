@@ -29,8 +29,11 @@ __attribute__((always_inline)) inline void tile(const float* __restrict w, const
     V xv[MB];
     for (int j = 0; j < MB; ++j) xv[j] = loadv<W>(x + j * K + k);
     for (int i = 0; i < NB; ++i) {
-      const V wv = loadv<W>(w + i * K + k);
-      for (int j = 0; j < MB; ++j) acc[i * MB + j] += wv * xv[j];
+      V wv = loadv<W>(w + i * K + k);
+      // Keep the weight vector in a register: otherwise GCC folds it into each of the MB FMAs
+      // as a memory operand, loading it MB times and making the loop load-bound.
+      asm("" : "+x"(wv));
+      for (int j = 0; j < MB; ++j) acc[j * NB + i] += wv * xv[j];
     }
   }
   if (k < K) {  // the k tail as one more zero-padded vector step: the same operations for every tile
@@ -38,7 +41,7 @@ __attribute__((always_inline)) inline void tile(const float* __restrict w, const
     for (int j = 0; j < MB; ++j) std::copy(x + j * K + k, x + j * K + K, xt[j]);
     for (int i = 0; i < NB; ++i) std::copy(w + i * K + k, w + i * K + K, wt[i]);
     for (int i = 0; i < NB; ++i)
-      for (int j = 0; j < MB; ++j) acc[i * MB + j] += loadv<W>(wt[i]) * loadv<W>(xt[j]);
+      for (int j = 0; j < MB; ++j) acc[j * NB + i] += loadv<W>(wt[i]) * loadv<W>(xt[j]);
   }
   constexpr int G = (T + W - 1) / W;
   float s[G * W];
@@ -47,22 +50,51 @@ __attribute__((always_inline)) inline void tile(const float* __restrict w, const
     for (int r = 0; r < W; ++r) group[r] = g * W + r < T ? acc[g * W + r] : V{};
     storev<W>(s + g * W, hsum_rows<W>(group));
   }
-  for (int i = 0; i < NB; ++i)
-    for (int j = 0; j < MB; ++j) out[j * N + i] = bias ? s[i * MB + j] + bias[i] : s[i * MB + j];
+  // Input-row-major accumulators: an output row's NB results are adjacent, stored as one run.
+  for (int j = 0; j < MB; ++j)
+    for (int i = 0; i < NB; ++i) out[j * N + i] = bias ? s[j * NB + i] + bias[i] : s[j * NB + i];
 }
 
-constexpr int kRowsW = 4;  // weight rows per tile
-constexpr int kRowsX = 3;  // input rows per tile: 12 accumulators + 3 inputs + 1 weight = 16 registers
+/// Register tile per vector width: NB weight rows x MB input rows of accumulators, plus MB input
+/// vectors and one weight vector, within the register file (16 vector registers below AVX-512, 32 with it).
+template <int W>
+struct TileShape {
+  static constexpr int NB = 4, MB = 3;  // 12 accumulators + 3 inputs + 1 weight = 16 registers
+};
+template <>
+struct TileShape<16> {
+  static constexpr int NB = 4, MB = 4;  // 16 accumulators: one reduction tree (hsum_rows) per tile
+};
 constexpr int64_t kChunkBytes = 256 * 1024;  // input rows per pass over the weight: about half an L2
+
+/// The last r (< MB) input rows against NB weight rows, as one narrower tile.
+template <int W, int NB, int MB>
+__attribute__((always_inline)) inline void input_tail(int64_t r, const float* w, const float* x, int64_t K,
+                                                      const float* bias, float* out, int64_t N) {
+  if constexpr (MB > 1) {
+    if (r == MB - 1) return tile<W, NB, MB - 1>(w, x, K, bias, out, N);
+    input_tail<W, NB, MB - 1>(r, w, x, K, bias, out, N);
+  }
+}
 
 /// NB weight rows (starting at w) against all M input rows.
 template <int W, int NB>
 __attribute__((always_inline)) inline void weight_rows(const float* w, const float* x, int64_t M, int64_t K,
                                                        const float* bias, float* out, int64_t N) {
+  constexpr int MB = TileShape<W>::MB;
   int64_t m = 0;
-  for (; m + kRowsX <= M; m += kRowsX) tile<W, NB, kRowsX>(w, x + m * K, K, bias, out + m * N, N);
-  if (M - m == 2) tile<W, NB, 2>(w, x + m * K, K, bias, out + m * N, N);
-  if (M - m == 1) tile<W, NB, 1>(w, x + m * K, K, bias, out + m * N, N);
+  for (; m + MB <= M; m += MB) tile<W, NB, MB>(w, x + m * K, K, bias, out + m * N, N);
+  if (m < M) input_tail<W, NB, MB>(M - m, w, x + m * K, K, bias, out + m * N, N);
+}
+
+/// The last n (< NB) weight rows of a block, as one narrower tile.
+template <int W, int NB>
+__attribute__((always_inline)) inline void weight_tail(int64_t n, const float* w, const float* x, int64_t M,
+                                                       int64_t K, const float* bias, float* out, int64_t N) {
+  if constexpr (NB > 1) {
+    if (n == NB - 1) return weight_rows<W, NB - 1>(w, x, M, K, bias, out, N);
+    weight_tail<W, NB - 1>(n, w, x, M, K, bias, out, N);
+  }
 }
 
 /// Weight rows [n0, n1) against all input rows.
@@ -70,21 +102,16 @@ template <int W>
 __attribute__((always_inline)) inline void weight_block(const float* w, const float* x, const float* bias,
                                                         float* out, int64_t M, int64_t N, int64_t K, int64_t n0,
                                                         int64_t n1) {
+  constexpr int NB = TileShape<W>::NB;
   int64_t n = n0;
-  for (; n + kRowsW <= n1; n += kRowsW) {
+  for (; n + NB <= n1; n += NB) {
     // Few input rows leave the loads of each weight tile exposed: fetch the next tile meanwhile.
-    const float* next = w + (n + kRowsW) * K;
-    const int64_t ahead = std::min<int64_t>(kRowsW, n1 - n - kRowsW) * K;
+    const float* next = w + (n + NB) * K;
+    const int64_t ahead = std::min<int64_t>(NB, n1 - n - NB) * K;
     for (int64_t o = 0; o < ahead; o += 16) __builtin_prefetch(next + o, 0, 3);
-    weight_rows<W, kRowsW>(w + n * K, x, M, K, bias ? bias + n : nullptr, out + n, N);
+    weight_rows<W, NB>(w + n * K, x, M, K, bias ? bias + n : nullptr, out + n, N);
   }
-  const float* b = bias ? bias + n : nullptr;
-  switch (n1 - n) {
-    case 3: weight_rows<W, 3>(w + n * K, x, M, K, b, out + n, N); break;
-    case 2: weight_rows<W, 2>(w + n * K, x, M, K, b, out + n, N); break;
-    case 1: weight_rows<W, 1>(w + n * K, x, M, K, b, out + n, N); break;
-    default: break;
-  }
+  if (n < n1) weight_tail<W, NB>(n1 - n, w + n * K, x, M, K, bias ? bias + n : nullptr, out + n, N);
 }
 
 #define ALIGNKIT_LINEAR_ARGS \
@@ -92,6 +119,7 @@ __attribute__((always_inline)) inline void weight_block(const float* w, const fl
 void weight_block_base(ALIGNKIT_LINEAR_ARGS) { weight_block<4>(w, x, bias, out, M, N, K, n0, n1); }
 #if ALIGNKIT_HAS_V3
 ALIGNKIT_V3 void weight_block_v3(ALIGNKIT_LINEAR_ARGS) { weight_block<8>(w, x, bias, out, M, N, K, n0, n1); }
+ALIGNKIT_V4 void weight_block_v4(ALIGNKIT_LINEAR_ARGS) { weight_block<16>(w, x, bias, out, M, N, K, n0, n1); }
 #endif
 #undef ALIGNKIT_LINEAR_ARGS
 #pragma GCC diagnostic pop
@@ -107,20 +135,26 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   // Work item = a block of weight rows against every input row: the weight is read once in all,
   // the inputs (few rows) stay in cache. Blocks are whole tiles, about four per thread.
   const int64_t threads = num_threads();
+  const Isa isa = simd_isa();
+  const int64_t NB = isa == Isa::avx512 ? TileShape<16>::NB : TileShape<8>::NB;
   int64_t per = (N + 4 * threads - 1) / (4 * threads);
-  per = std::max<int64_t>(kRowsW, (per + kRowsW - 1) / kRowsW * kRowsW);
+  per = std::max<int64_t>(NB, (per + NB - 1) / NB * NB);
   const int64_t items = (N + per - 1) / per;
   // Under ~2^15 multiply-adds (a microsecond) waking the other threads costs more than it saves.
   const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
   // Many rows (prefill) are taken a chunk at a time, sized so a chunk of x stays in L2 while the
   // item's weight rows stream past it; a row's arithmetic does not depend on its chunk.
-  const int64_t chunk_rows = std::max<int64_t>(kRowsX, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / kRowsX * kRowsX);
+  const int64_t chunk_rows = std::max<int64_t>(3, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / 3 * 3);
   parallel_for(items, [&](int64_t item) {
     const int64_t n0 = item * per, n1 = std::min(N, n0 + per);
     for (int64_t m0 = 0; m0 < M; m0 += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, M - m0);
 #if ALIGNKIT_HAS_V3
-      if (use_avx2()) {
+      if (isa == Isa::avx512) {
+        weight_block_v4(wd, xd + m0 * K, bd, od + m0 * N, rows, N, K, n0, n1);
+        continue;
+      }
+      if (isa == Isa::avx2) {
         weight_block_v3(wd, xd + m0 * K, bd, od + m0 * N, rows, N, K, n0, n1);
         continue;
       }

@@ -104,22 +104,27 @@ def test_paged_attention_specialised_head_dims(d, hq, hk, block_size, dtype):
     torch.testing.assert_close(out.float(), ref.to(dtype).float(), **TOL[dtype])
 
 
-def test_default_kernels_use_avx2_where_the_cpu_has_it():
-    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    if " avx2 " in flags and " fma " in flags:
+def test_default_kernels_use_the_widest_simd_the_cpu_has():
+    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
+    if os.environ.get("ALIGNKIT_ISA"):
+        pytest.skip("ALIGNKIT_ISA pins the kernels in this run")
+    if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
+        assert ops.attention_isa() == "avx512"
+    elif {"avx2", "fma"} <= flags:
         assert ops.attention_isa() == "avx2"
 
 
-def test_baseline_kernels_without_avx2_match_dense_attention():
-    # ALIGNKIT_NO_AVX2 forces the 4-wide baseline kernels that CPUs without AVX2/FMA run (read
-    # once per process, so in a subprocess); both head-dim paths, both key tails.
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_narrower_kernels_match_dense_attention(isa):
+    # ALIGNKIT_ISA pins the 4-wide baseline kernels (CPUs without AVX2/FMA) or the 8-wide AVX2 ones
+    # (CPUs without AVX-512); read once per process, so in a subprocess. Both head-dim paths, both key tails.
     code = ("import torch, sys; sys.path.insert(0, %r); from test_attention import run_step, ops\n"
-            "assert ops.attention_isa() == 'baseline', ops.attention_isa()\n"
+            "assert ops.attention_isa() in (%r, 'baseline'), ops.attention_isa()\n"
             "for d, bs in ((32, 16), (64, 5), (16, 4)):\n"
             "    out, ref = run_step([(0, 19), (37, 1), (8, 5)], dtype=torch.float32, hq=6, hk=2, d=d, "
             "block_size=bs, num_blocks=96, seed=d)\n"
-            "    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)\n" % os.path.dirname(__file__))
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ALIGNKIT_NO_AVX2": "1"},
+            "    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)\n" % (os.path.dirname(__file__), isa))
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ALIGNKIT_ISA": isa},
                    cwd=os.path.dirname(__file__))
 
 

@@ -19,8 +19,9 @@ def call(x, w, b=None):
     return out
 
 
-# M covers full 3-row tiles and 1- and 2-row tails, N 4-row tiles and 1..3-row tails, K full
-# 8-lane vectors and a tail; the large N is split into several thread work items.
+# M covers full input-row tiles (3 rows; 4 with AVX-512) and every shorter tail, N full weight-row
+# tiles (4) and 1..3-row tails, K full 8- and 16-lane vectors and tails; the large N is split into
+# several thread work items.
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 17, 64, 600])
 @pytest.mark.parametrize("n,k", [(1, 8), (7, 13), (66, 256), (130, 37), (1030, 64)])
 @pytest.mark.parametrize("bias", [False, True])
@@ -55,20 +56,31 @@ def test_empty_and_zero_sized():
     assert torch.equal(out, torch.zeros(3, 5))
 
 
-def test_baseline_kernel_matches_torch():
-    """The 4-wide kernel (CPUs without AVX2/FMA), forced by ALIGNKIT_NO_AVX2, in a fresh process."""
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_narrower_kernels_match_torch_and_stay_batch_invariant(isa):
+    """The 4-wide (no AVX2) and 8-wide (AVX2, no AVX-512) kernels, pinned by ALIGNKIT_ISA in a fresh process."""
     code = (
         "import torch, torch.nn.functional as F, alignkit._sampler as ext\n"
-        "assert ext.attention_isa() == 'baseline'\n"
+        f"assert ext.attention_isa() in ({isa!r}, 'baseline'), ext.attention_isa()\n"
         "g = torch.Generator().manual_seed(3)\n"
-        "for m, n, k in [(1, 5, 9), (5, 66, 256), (7, 130, 37)]:\n"
+        "def call(x, w, b):\n"
+        "    out = torch.empty(x.shape[0], w.shape[0]); ext.linear(out, x, w, b); return out\n"
+        "for m, n, k in [(1, 5, 9), (5, 66, 256), (7, 130, 37), (17, 9, 40)]:\n"
         "    x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)\n"
-        "    out = torch.empty(m, n); ext.linear(out, x, w, b)\n"
+        "    out = call(x, w, b)\n"
         "    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-4)\n"
+        "    assert torch.equal(torch.cat([call(x[i:i + 1], w, b) for i in range(m)]), out)\n"
     )
-    env = {**os.environ, "ALIGNKIT_NO_AVX2": "1"}
+    env = {**os.environ, "ALIGNKIT_ISA": isa}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_unknown_isa_setting_is_a_clear_error():
+    code = "import torch, alignkit._sampler as ext\next.attention_isa()\n"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ALIGNKIT_ISA": "sse9"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "ALIGNKIT_ISA='sse9' is not one of baseline, avx2, avx512" in done.stderr
 
 
 @pytest.mark.parametrize("case,exc,match", [

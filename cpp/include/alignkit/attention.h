@@ -31,7 +31,7 @@ struct AttnDims {
   int64_t num_seqs, max_blocks_per_seq;
 };
 
-/// SIMD flavour of the CPU attention and linear kernels in this process: "avx2" or "baseline".
+/// SIMD flavour of the CPU attention and linear kernels in this process: "avx512", "avx2" or "baseline".
 const char* attention_isa();
 
 /// Scatter k/v rows into their cache slots (CPU).

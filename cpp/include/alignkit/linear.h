@@ -1,10 +1,10 @@
 // A linear layer for the few-row products of decode steps: out = x @ w^T (+ bias), fp32, CPU.
 //
 // Each output is one dot product of an input row and a weight row, summed in a fixed order
-// (8- or 4-lane partial sums over k, the k tail zero-padded into one more such step, a fixed
-// reduction tree, then the bias), so
-// a row's result is bitwise the same whatever the other rows of the call, their number, or the
-// thread count: sampler steps are batch-invariant. The weight is read where it is, row by row
+// (16-, 8- or 4-lane partial sums over k, by the process's SIMD flavour; the k tail zero-padded
+// into one more such step; a fixed reduction tree; then the bias), so a row's result is bitwise
+// the same whatever the other rows of the call, their number, or the thread count: sampler
+// steps are batch-invariant. The weight is read where it is, row by row
 // (no packing), which is what makes it fast for few rows where sgemm re-packs the whole weight.
 #pragma once
 
