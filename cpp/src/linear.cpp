@@ -144,7 +144,8 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
   // Many rows (prefill) are taken a chunk at a time, sized so a chunk of x stays in L2 while the
   // item's weight rows stream past it; a row's arithmetic does not depend on its chunk.
-  const int64_t chunk_rows = std::max<int64_t>(3, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / 3 * 3);
+  // A multiple of 12 rows, so every flavour's input-row tile (3 or 4 rows) divides a chunk.
+  const int64_t chunk_rows = std::max<int64_t>(12, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / 12 * 12);
   parallel_for(items, [&](int64_t item) {
     const int64_t n0 = item * per, n1 = std::min(N, n0 + per);
     for (int64_t m0 = 0; m0 < M; m0 += chunk_rows) {
