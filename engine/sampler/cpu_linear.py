@@ -2,11 +2,12 @@
 
 A decode step multiplies a few rows (one per live sequence) by every weight of the model. torch's
 fp32 sgemm (MKL) re-packs the whole weight on every call, which only pays off over many rows;
-`alignkit._sampler.linear` reads the weight where it is, row by row (linear.h). Measured on the
-2-vCPU dev VM, 2 threads, MKL / oneDNN / ours in us: 704x256 at 8 rows 88 / 152 / 33, at 128 rows
+`alignkit._sampler.linear` reads the weight where it is, row by row (linear.h). Measured on an
+AVX2 2-vCPU VM, 2 threads, MKL / oneDNN / ours in us: 704x256 at 8 rows 88 / 152 / 33, at 128 rows
 389 / 418 / 344; the 4096x256 head at 8 rows 410 / 343 / 158; a 151936x896 head at 8 rows
-130648 / 55718 / 38485. Prefill steps (hundreds of rows) are taken a chunk of rows at a time,
-at about sgemm's speed.
+130648 / 55718 / 38485. On an AVX-512 VM (2 threads, caches hot) MKL / ours: 704x256 at 16 rows
+40 / 29 us, at 56 rows 78 / 87, at 128 rows 157 / 209; in a whole rollout the two are within
+noise there. Prefill steps (hundreds of rows) are taken a chunk of rows at a time.
 
 Each row's result is bitwise independent of the other rows of the step (the kernel sums in a
 fixed order), so what a sequence samples does not depend on what it was batched with.
