@@ -33,7 +33,8 @@ inline float dot(const float* a, const float* b, int64_t d) {
 #pragma GCC diagnostic ignored "-Wpsabi"
 /// Scores of `rows` consecutive keys (row stride `ks` floats) for every q head of the item:
 /// scores[h * n + p0 + r] = q_h . k_r, q head h reading kv head h / G of the row segment.
-/// DC > 0 (a multiple of 8) fixes head_dim at compile time; DC == 0 reads it from D.
+/// DC > 0 (a multiple of 32: whole vectors of every width) fixes head_dim at compile time; DC == 0
+/// reads it from D.
 /// W keys at a time, each with its own accumulator, reduced together (hsum_rows): the dot
 /// products are independent chains instead of one latency-bound chain plus a reduction per key.
 /// A key's rounding depends on its place in the block and on how many of the block's rows the
@@ -44,6 +45,7 @@ __attribute__((always_inline)) inline void block_scores_t(const float* __restric
                                                           int64_t D_, float* __restrict scores, int64_t n,
                                                           int64_t p0) {
   using V = typename Vec<W>::type;
+  static_assert(DC % 32 == 0, "specialised head dims are whole 32-lane slices");
   const int64_t D = DC > 0 ? DC : D_;
   for (int64_t kv = 0; kv < HKi; ++kv) {
     const float* kh = k + kv * D;
@@ -84,6 +86,7 @@ __attribute__((always_inline)) inline void block_accumulate_t(float* __restrict 
                                                               int64_t vs, int64_t rows, int64_t HKi, int64_t G,
                                                               int64_t D_) {
   using V = typename Vec<W>::type;
+  static_assert(DC % 32 == 0, "specialised head dims are whole 32-lane slices");
   const int64_t D = DC > 0 ? DC : D_;
   for (int64_t kv = 0; kv < HKi; ++kv) {
     const float* vh = v + kv * D;
@@ -490,6 +493,7 @@ void paged_attention_cpu(const Tensor& out, const Tensor& q, const Tensor& k_cac
                          float scale) {
   check_attention_metadata(block_tables, context_lens, query_start_loc, q.shape[0], k_cache.shape[0],
                            k_cache.shape[1]);
+  simd_isa();  // a bad ALIGNKIT_ISA raises here, before any work, not from inside a worker
   dispatch_float(q.dtype, [&](auto tag) {
     attention_impl<decltype(tag)>(out, q, k_cache, v_cache, block_tables, context_lens, query_start_loc, scale);
   });

@@ -66,6 +66,7 @@ struct TileShape<16> {
   static constexpr int NB = 4, MB = 4;  // 16 accumulators: one reduction tree (hsum_rows) per tile
 };
 constexpr int64_t kChunkBytes = 24 * 1024;   // input rows per pass over an item's weight rows: half an L1
+                                             // (at least 12 rows, so more for K > 512)
 constexpr int64_t kItemBytes = 512 * 1024;   // weight rows per work item: a quarter of a 2 MB L2
 
 /// The last r (< MB) input rows against NB weight rows, as one narrower tile.
@@ -137,19 +138,21 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   // time: the chunk stays in L1 while the item's weight rows stream past it, and the item's rows
   // (at most kItemBytes, so they stay in L2) come from memory once. Before, a chunk was as large as
   // half an L2 and every weight tile re-read the inputs from L2, which bounded the kernel (~32
-  // bytes a cycle) at ~165 GFLOP/s on two AVX-512 cores; now ~190. Blocks are whole tiles, at least
-  // four per thread.
+  // bytes a cycle) at ~165 GFLOP/s on two AVX-512 cores; now ~190. Blocks are whole tiles, about
+  // four per thread where N allows.
   const int64_t threads = num_threads();
   const Isa isa = simd_isa();
-  const int64_t NB = isa == Isa::avx512 ? TileShape<16>::NB : TileShape<8>::NB;
+  const int64_t NB = isa == Isa::avx512 ? TileShape<16>::NB
+                     : isa == Isa::avx2 ? TileShape<8>::NB
+                                        : TileShape<4>::NB;
   int64_t per = (N + 4 * threads - 1) / (4 * threads);
   per = std::min(per, kItemBytes / (4 * std::max<int64_t>(K, 1)));
   per = std::max<int64_t>(NB, (per + NB - 1) / NB * NB);
   const int64_t items = (N + per - 1) / per;
   // Under ~2^15 multiply-adds (a microsecond) waking the other threads costs more than it saves.
   const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
-  // A row's arithmetic does not depend on its chunk. A chunk is a multiple of 12 rows, so every
-  // flavour's input-row tile (3 or 4 rows) divides it.
+  // A row's arithmetic does not depend on its chunk or tile. A chunk is a multiple of 12 rows so
+  // that every flavour's input-row tile (3 or 4 rows) divides it: no tail tiles (speed only).
   const int64_t chunk_rows = std::max<int64_t>(12, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / 12 * 12);
   parallel_for(items, [&](int64_t item) {
     const int64_t n0 = item * per, n1 = std::min(N, n0 + per);

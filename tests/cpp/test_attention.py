@@ -11,6 +11,10 @@ import torch
 
 import alignkit._sampler as ops
 
+from .simd_flavour import expected_isa
+
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds the package `cpp`
+
 # Kernels run on every device this build and machine offer (CUDA only with a GPU and a CUDA build).
 DEVICES = ["cpu"] + (["cuda"] if ops.has_cuda and torch.cuda.is_available() else [])
 
@@ -105,25 +109,21 @@ def test_paged_attention_specialised_head_dims(d, hq, hk, block_size, dtype):
 
 
 def test_default_kernels_use_the_widest_simd_the_cpu_has():
-    flags = set(open("/proc/cpuinfo").read().split()) if os.path.exists("/proc/cpuinfo") else set()
-    if os.environ.get("ALIGNKIT_ISA"):
-        pytest.skip("ALIGNKIT_ISA pins the kernels in this run")
-    if {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
-        assert ops.attention_isa() == "avx512"
-    elif {"avx2", "fma"} <= flags:
-        assert ops.attention_isa() == "avx2"
+    cap = os.environ.get("ALIGNKIT_ISA", "avx512").lower()
+    assert ops.attention_isa() == expected_isa(cap)
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])
 def test_narrower_kernels_match_dense_attention(isa):
     # ALIGNKIT_ISA pins the 4-wide baseline kernels (CPUs without AVX2/FMA) or the 8-wide AVX2 ones
     # (CPUs without AVX-512); read once per process, so in a subprocess. Both head-dim paths, both key tails.
-    code = ("import torch, sys; sys.path.insert(0, %r); from test_attention import run_step, ops\n"
-            "assert ops.attention_isa() in (%r, 'baseline'), ops.attention_isa()\n"
+    code = ("import torch, sys; sys.path.insert(0, %r); from cpp.test_attention import run_step, ops\n"
+            "from cpp.simd_flavour import expected_isa\n"
+            "assert ops.attention_isa() == expected_isa(%r), ops.attention_isa()\n"
             "for d, bs in ((32, 16), (64, 5), (16, 4)):\n"
             "    out, ref = run_step([(0, 19), (37, 1), (8, 5)], dtype=torch.float32, hq=6, hk=2, d=d, "
             "block_size=bs, num_blocks=96, seed=d)\n"
-            "    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)\n" % (os.path.dirname(__file__), isa))
+            "    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)\n" % (TESTS_DIR, isa))
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ALIGNKIT_ISA": isa},
                    cwd=os.path.dirname(__file__))
 
@@ -180,10 +180,10 @@ def test_forked_sequences_share_prefix_blocks_after_copy_on_write():
 def test_thread_count_does_not_change_results():
     # ALIGNKIT_NUM_THREADS is read once per process: compare a 1-thread subprocess with this process.
     code = ("import torch, alignkit._sampler as ops, sys; sys.path.insert(0, %r); "
-            "from test_attention import run_step; "
+            "from cpp.test_attention import run_step; "
             "out, _ = run_step([(0, 9), (20, 1), (4, 3)], dtype=torch.float32, hq=8, hk=2, d=16, block_size=4, "
             "num_blocks=64, seed=3); assert ops.num_threads() == 1; torch.save(out, sys.argv[1])"
-            % os.path.dirname(__file__))
+            % TESTS_DIR)
     path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ak_threads_{os.getpid()}.pt")
     env = {**os.environ, "ALIGNKIT_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))

@@ -35,27 +35,37 @@ inline const char* isa_name(Isa isa) {
 }
 
 /// The flavour this process runs: the widest the CPU supports (AVX-512 = x86-64-v4: F, BW, CD,
-/// DQ, VL; AVX2 = x86-64-v3's AVX2 + FMA), capped by the environment variable ALIGNKIT_ISA
-/// (baseline | avx2 | avx512) so tests and users can pin a narrower one. Decided on first use.
+/// DQ, VL; AVX2 = x86-64-v3: AVX2, FMA, BMI1/2, F16C, MOVBE), capped by the environment variable
+/// ALIGNKIT_ISA (baseline | avx2 | avx512, any case) so tests and users can ask for a narrower
+/// one. Decided on first use; an unknown value throws std::invalid_argument (a Python ValueError).
 inline Isa simd_isa() {
 #if ALIGNKIT_HAS_V3
   static const Isa isa = [] {
     __builtin_cpu_init();  // GCC's rule: initialise the CPU model before __builtin_cpu_supports
     Isa best = Isa::baseline;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+#if __GNUC__ >= 12  // the architecture levels the kernels are compiled for, exactly
+    if (__builtin_cpu_supports("x86-64-v3")) best = Isa::avx2;
+    if (__builtin_cpu_supports("x86-64-v4")) best = Isa::avx512;
+#else
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2"))
+      best = Isa::avx2;
     if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
       best = Isa::avx512;
+#endif
+    if (std::getenv("ALIGNKIT_NO_AVX2"))  // the switch of earlier versions: say what replaced it
+      throw std::invalid_argument("ALIGNKIT_NO_AVX2 is no longer read: set ALIGNKIT_ISA=baseline instead");
     const char* cap = std::getenv("ALIGNKIT_ISA");
     if (!cap || !*cap) return best;
-    const std::string want(cap);
+    std::string want(cap);
+    for (char& c : want) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
     Isa limit;
     if (want == "baseline") limit = Isa::baseline;
     else if (want == "avx2") limit = Isa::avx2;
     else if (want == "avx512") limit = Isa::avx512;
-    else throw std::invalid_argument("ALIGNKIT_ISA='" + want + "' is not one of baseline, avx2, avx512 (unset it to "
-                                     "use the widest SIMD this CPU has)");
+    else throw std::invalid_argument("ALIGNKIT_ISA='" + std::string(cap) + "' is not one of baseline, avx2, avx512 "
+                                     "(unset it to use the widest SIMD this CPU has)");
     return static_cast<int>(limit) < static_cast<int>(best) ? limit : best;
   }();
   return isa;
