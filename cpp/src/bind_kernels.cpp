@@ -268,13 +268,18 @@ void sample(const Array& logits, const Array& temperature, const Array& top_k, c
   sample_cpu(a);
 }
 
-void linear(const Array& out, const Array& x, const Array& weight, const std::optional<Array>& bias) {
-  const char* fn = "linear";
+/// Shared checks of the two linear bindings: fp32 CPU tensors of consistent shapes, `out` apart
+/// from the inputs. `in_out` = the weight is stored [in_features, out_features] (Conv1D).
+void linear_checked(const char* fn, bool in_out, const Array& out, const Array& x, const Array& weight,
+                    const std::optional<Array>& bias) {
   Tensor tx = view(x, fn, "x", {DType::F32}, 2), tw = view(weight, fn, "weight", {DType::F32}, 2);
   Tensor to = view(out, fn, "out", {DType::F32}, 2);
-  const int64_t M = tx.shape[0], K = tx.shape[1], N = tw.shape[0];
-  expect_shape(tw, fn, "weight", {N, K}, "[out_features, in_features] with in_features = x.shape[1]");
-  expect_shape(to, fn, "out", {M, N}, "[x.shape[0], weight.shape[0]]");
+  const int64_t M = tx.shape[0], K = tx.shape[1], N = in_out ? tw.shape[1] : tw.shape[0];
+  if (in_out)
+    expect_shape(tw, fn, "weight", {K, N}, "[in_features, out_features] with in_features = x.shape[1]");
+  else
+    expect_shape(tw, fn, "weight", {N, K}, "[out_features, in_features] with in_features = x.shape[1]");
+  expect_shape(to, fn, "out", {M, N}, in_out ? "[x.shape[0], weight.shape[1]]" : "[x.shape[0], weight.shape[0]]");
   std::vector<std::pair<const char*, const Tensor*>> all = {{"x", &tx}, {"weight", &tw}, {"out", &to}};
   Tensor tb;
   if (bias) {
@@ -283,7 +288,7 @@ void linear(const Array& out, const Array& x, const Array& weight, const std::op
     all.emplace_back("bias", &tb);
   }
   if (common_device(fn, all) != Device::CPU)
-    throw nb::value_error("linear: this kernel runs on the CPU; on CUDA use torch.nn.functional.linear");
+    throw nb::value_error((std::string(fn) + ": this kernel runs on the CPU; on CUDA use torch's matmul").c_str());
   // `out` is written while x, weight and bias are still read: they must not share memory.
   auto overlaps = [&](const Tensor& t) {
     const char* a = static_cast<const char*>(to.data);
@@ -292,10 +297,20 @@ void linear(const Array& out, const Array& x, const Array& weight, const std::op
   };
   for (auto& [name, t] : all)
     if (t != &to && overlaps(*t))
-      throw nb::value_error((std::string("linear: `out` overlaps `") + name + "`; pass a separate output tensor").c_str());
+      throw nb::value_error(
+          (std::string(fn) + ": `out` overlaps `" + name + "`; pass a separate output tensor").c_str());
   if (M == 0 || N == 0) return;
   nb::gil_scoped_release release;
-  linear_cpu(to, tx, tw, bias ? &tb : nullptr);
+  if (in_out) linear_kn_cpu(to, tx, tw, bias ? &tb : nullptr);
+  else linear_cpu(to, tx, tw, bias ? &tb : nullptr);
+}
+
+void linear(const Array& out, const Array& x, const Array& weight, const std::optional<Array>& bias) {
+  linear_checked("linear", false, out, x, weight, bias);
+}
+
+void linear_kn(const Array& out, const Array& x, const Array& weight, const std::optional<Array>& bias) {
+  linear_checked("linear_kn", true, out, x, weight, bias);
 }
 
 }  // namespace
@@ -317,6 +332,10 @@ void bind_kernels(nb::module_& m) {
   m.def("linear", &linear, "out"_a, "x"_a, "weight"_a, "bias"_a.none() = nb::none(),
         "out = x @ weight.T (+ bias), fp32 on the CPU, for the few rows of decode steps: the weight is read in "
         "place (no packing) and each row's result is bitwise independent of the other rows (batch-invariant).");
+  m.def("linear_kn", &linear_kn, "out"_a, "x"_a, "weight"_a, "bias"_a.none() = nb::none(),
+        "out = x @ weight (+ bias) for a weight stored [in_features, out_features] (transformers' Conv1D, GPT-2), "
+        "fp32 on the CPU; each output is one multiply-add chain over k, so each row's result is bitwise "
+        "independent of the other rows (batch-invariant).");
   m.def("attention_isa", [] { return std::string(attention_isa()); },
         "SIMD flavour of the CPU attention and linear kernels: 'avx512', 'avx2' or 'baseline' (the widest the CPU has; env ALIGNKIT_ISA=avx2 or baseline caps it).");
   m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");

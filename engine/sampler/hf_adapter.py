@@ -7,8 +7,8 @@ mask in `AttentionMaskInterface`: causality comes from the paged metadata), swit
 configs to it only for the duration of one sampler forward, and pass the step's
 `PagedAttention` as the `alignkit_paged` keyword. `position_ids` carries each packed token's
 position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) makes the
-LM head run only on the rows that are sampled; on the CPU plain fp32 `nn.Linear` layers run
-through alignkit's decode kernel during the step (cpu_linear.py). Outside a sampler forward the
+LM head run only on the rows that are sampled; on the CPU plain fp32 `nn.Linear` and Conv1D
+(GPT-2) layers run through alignkit's decode kernels during the step (cpu_linear.py). Outside a sampler forward the
 model keeps its own attention (sdpa/eager/flash) and linear layers, so training is untouched.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from .attention import PagedAttention
-from .cpu_linear import decode_linear_forward, decode_linears
+from .cpu_linear import decode_linear_forward, decode_linears, is_conv1d
 
 ATTN_NAME = "alignkit_paged"
 _registered = False
@@ -156,14 +156,14 @@ class HFRunner:
             if was_training:
                 self.model.train()
 
-    def _decode_linear_forwards(self) -> list[tuple[torch.nn.Linear, Any]]:
-        # One decode forward per nn.Linear, kept across steps (the same function objects every
-        # step: torch.compile guards on them); rebuilt when the LM head was replaced, e.g. by
-        # resize_token_embeddings, so the new head is served and the old one not kept alive.
+    def _decode_linear_forwards(self) -> list[tuple[torch.nn.Module, Any]]:
+        # One decode forward per nn.Linear and Conv1D (GPT-2), kept across steps (the same function
+        # objects every step: torch.compile guards on them); rebuilt when the LM head was replaced,
+        # e.g. by resize_token_embeddings, so the new head is served and the old one not kept alive.
         head = self.model.get_output_embeddings()
         if head is not self._linears_of_head:
             self._linear_forwards = [(m, decode_linear_forward(m)) for m in self.model.modules()
-                                     if type(m) is torch.nn.Linear]
+                                     if type(m) is torch.nn.Linear or is_conv1d(m)]
             self._linears_of_head = head
         return self._linear_forwards
 

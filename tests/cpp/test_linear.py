@@ -127,3 +127,82 @@ def test_bad_input_raises(case, exc, match):
         x, out = flat[:24].view(3, 8), flat[16:31].view(3, 5)
     with pytest.raises(exc, match=match):
         ext.linear(out, x, w, b)
+
+
+# linear_kn: the weight stored [in, out] (transformers' Conv1D, GPT-2).
+def call_kn(x, w, b=None):
+    out = torch.empty(x.shape[0], w.shape[1])
+    ext.linear_kn(out, x, w, b)
+    return out
+
+
+# M covers full 6-row tiles and every shorter tail; N full 64/16-column tiles (AVX-512), single
+# vectors and scalar columns; K includes 0 and 1.
+@pytest.mark.parametrize("m", [1, 5, 6, 13, 64])
+@pytest.mark.parametrize("k,n", [(8, 1), (13, 7), (256, 66), (37, 130), (64, 1030), (1, 17), (0, 9)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kn_matches_torch(m, k, n, bias):
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    x, w = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    want = torch.addmm(b, x, w) if bias else x @ w
+    torch.testing.assert_close(call_kn(x, w, b), want, rtol=1e-5, atol=1e-5 * max(k, 1) ** 0.5)
+
+
+def test_kn_rows_are_batch_invariant():
+    """A row's output is bitwise the same alone, among other rows, at any place and thread count."""
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(131, 203, generator=g), torch.randn(203, generator=g)
+    xs = torch.randn(301, 131, generator=g)
+    alone = torch.cat([call_kn(xs[i:i + 1], w, b) for i in range(301)])
+    assert torch.equal(call_kn(xs, w, b), alone)
+    perm = torch.randperm(301, generator=g)
+    assert torch.equal(call_kn(xs[perm], w, b), alone[perm])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(call_kn(xs, w, b), alone)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_kn_narrower_kernels_match_torch_and_stay_batch_invariant(isa):
+    code = (
+        "import torch, alignkit._sampler as ext\n"
+        "g = torch.Generator().manual_seed(4)\n"
+        "def call(x, w, b):\n"
+        "    out = torch.empty(x.shape[0], w.shape[1]); ext.linear_kn(out, x, w, b); return out\n"
+        "for m, k, n in [(1, 9, 5), (7, 256, 66), (13, 37, 130), (6, 40, 17)]:\n"
+        "    x, w, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g), torch.randn(n, generator=g)\n"
+        "    out = call(x, w, b)\n"
+        "    torch.testing.assert_close(out, torch.addmm(b, x, w), rtol=1e-5, atol=1e-4)\n"
+        "    assert torch.equal(torch.cat([call(x[i:i + 1], w, b) for i in range(m)]), out)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ALIGNKIT_ISA": isa},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("dtype", TypeError, "`weight` must have dtype float32"),
+    ("weight_shape", ValueError, r"`weight` must have shape .*\[in_features, out_features\]"),
+    ("out_shape", ValueError, "`out` must have shape"),
+    ("bias_shape", ValueError, "`bias` must have shape"),
+    ("overlap", ValueError, "linear_kn: `out` overlaps `weight`"),
+])
+def test_kn_bad_input_raises(case, exc, match):
+    x, w, out, b = torch.randn(3, 8), torch.randn(8, 5), torch.empty(3, 5), torch.randn(5)
+    if case == "dtype":
+        w = w.double()
+    elif case == "weight_shape":
+        w = torch.randn(5, 8)
+    elif case == "out_shape":
+        out = torch.empty(5, 3)
+    elif case == "bias_shape":
+        b = torch.randn(4)
+    elif case == "overlap":
+        flat = torch.randn(60)  # out shares floats with the weight
+        w, out = flat[:40].view(8, 5), flat[30:45].view(3, 5)
+    with pytest.raises(exc, match=match):
+        ext.linear_kn(out, x, w, b)

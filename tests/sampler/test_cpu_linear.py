@@ -5,7 +5,7 @@ import torch
 
 import alignkit.engine.sampler.cpu_linear as cl
 from alignkit.engine.sampler import Sampler, SamplingParams
-from alignkit.engine.sampler.cpu_linear import (cpu_linear_op, decode_linear_forward, decode_linears,
+from alignkit.engine.sampler.cpu_linear import (cpu_linear_op, decode_linear_forward, decode_linears, is_conv1d,
                                                 runs_decode_kernel)
 
 from .tiny_models import VOCAB, build
@@ -92,22 +92,28 @@ def test_swap_is_undone_even_on_error_and_skips_ineligible_layers():
     assert "forward" not in plain.__dict__
 
 
-def test_sampler_steps_run_every_linear_through_the_kernel_and_restore_them(llama, monkeypatch):
+@pytest.mark.parametrize("model_name,kernel,is_layer", [
+    ("llama", "_cpu_linear", lambda m: type(m) is torch.nn.Linear),  # the LM head and every projection
+    ("gpt2", "_cpu_linear_kn", is_conv1d),  # GPT-2's projections (its LM head is an nn.Linear)
+])
+def test_sampler_steps_run_every_linear_through_the_kernel_and_restore_them(model_name, kernel, is_layer,
+                                                                             models_dir, monkeypatch):
+    model = build(model_name, models_dir)
     seen = set()
-    compute = cl._cpu_linear
+    compute = getattr(cl, kernel)
 
     def counting(x, w, b):
         seen.add(w.data_ptr())
         return compute(x, w, b)
 
-    monkeypatch.setattr(cl, "_cpu_linear", counting)
-    Sampler(llama, block_size=4).generate([[5, 6, 7], [9] * 6], SamplingParams(n=3, max_new_tokens=4, seed=0))
-    linears = [m for m in llama.modules() if type(m) is torch.nn.Linear]
-    assert seen == {m.weight.data_ptr() for m in linears}  # the LM head and every projection
-    assert all("forward" not in m.__dict__ for m in linears)  # training forwards use nn.Linear.forward again
+    monkeypatch.setattr(cl, kernel, counting)
+    Sampler(model, block_size=4).generate([[5, 6, 7], [9] * 6], SamplingParams(n=3, max_new_tokens=4, seed=0))
+    layers = [m for m in model.modules() if is_layer(m)]
+    assert layers and seen == {m.weight.data_ptr() for m in layers}
+    assert all("forward" not in m.__dict__ for m in layers)  # training forwards use the module's own again
 
 
-@pytest.mark.parametrize("model_name", ["llama", "qwen2"])
+@pytest.mark.parametrize("model_name", ["llama", "qwen2", "gpt2"])
 def test_samples_and_logprobs_are_bitwise_batch_invariant(model_name, models_dir):
     """A sequence's tokens and log-probs are bitwise the same whatever it is batched with."""
     model = build(model_name, models_dir)
@@ -121,3 +127,38 @@ def test_samples_and_logprobs_are_bitwise_batch_invariant(model_name, models_dir
         groups = Sampler(model, block_size=4, **config).generate(prompts, params)
         runs.append([(s.token_ids, s.logprobs, s.raw_logprobs) for grp in groups for s in grp.samples])
     assert runs[1] == runs[0] and runs[2] == runs[0]  # exact equality, not a tolerance
+
+
+def conv1d(nx: int, nf: int) -> torch.nn.Module:
+    from transformers.pytorch_utils import Conv1D
+
+    layer = Conv1D(nf, nx)
+    torch.nn.init.normal_(layer.weight)
+    torch.nn.init.normal_(layer.bias)
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (37, 64), (2, 5, 64)], ids=["0rows", "1row", "37rows", "3d"])
+def test_conv1d_forward_equals_its_own(shape):
+    layer = conv1d(64, 300)
+    x = torch.randn(*shape)
+    want = layer(x).detach()
+    cpu_linear_op()  # registers cpu_linear_kn too
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.ops.alignkit.cpu_linear_kn(x, layer.weight, layer.bias), want,
+                                   atol=1e-5, rtol=1e-5)
+        with decode_linears([(layer, decode_linear_forward(layer))]):
+            got = layer(x)
+    assert "forward" not in layer.__dict__
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_conv1d_is_recognised_and_its_training_forward_keeps_autograd():
+    layer = conv1d(16, 8)
+    assert is_conv1d(layer) and runs_decode_kernel(layer)
+    assert not runs_decode_kernel(conv1d(16, 8).to(torch.bfloat16))
+    x = torch.randn(3, 16)
+    with decode_linears([(layer, decode_linear_forward(layer))]):
+        y = layer(x)  # grad mode on: Conv1D's own addmm, recorded by autograd
+    y.sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None

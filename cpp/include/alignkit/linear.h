@@ -15,4 +15,9 @@ namespace alignkit {
 /// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]); fp32, row-major, CPU; bias may be null.
 void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias);
 
+/// out[M, N] = x[M, K] @ w[K, N] (+ bias[N]) for a weight stored [in, out] (transformers' Conv1D,
+/// GPT-2); fp32, row-major, CPU; each output one multiply-add chain over k, so batch-invariant
+/// too (linear_kn.cpp).
+void linear_kn_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias);
+
 }  // namespace alignkit
