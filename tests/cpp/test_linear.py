@@ -206,3 +206,25 @@ def test_kn_bad_input_raises(case, exc, match):
         w, out = flat[:40].view(8, 5), flat[30:45].view(3, 5)
     with pytest.raises(exc, match=match):
         ext.linear_kn(out, x, w, b)
+
+
+def test_kn_fused_flavours_agree_bitwise(tmp_path):
+    """AVX2 and AVX-512 both fuse each multiply-add of the chain, so linear_kn gives the same bits on both."""
+    code = (
+        "import sys, torch, alignkit._sampler as ext\n"
+        "g = torch.Generator().manual_seed(5)\n"
+        "x, w, b = torch.randn(29, 300, generator=g), torch.randn(300, 150, generator=g), torch.randn(150, generator=g)\n"
+        "out = torch.empty(29, 150); ext.linear_kn(out, x, w, b)\n"
+        "torch.save((ext.attention_isa(), out), sys.argv[1])\n"
+    )
+    results = []
+    for isa in ("avx2", "avx512"):
+        path = str(tmp_path / f"{isa}.pt")
+        done = subprocess.run([sys.executable, "-c", code, path], env={**os.environ, "ALIGNKIT_ISA": isa},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        results.append(torch.load(path))
+    (isa_a, out_a), (isa_b, out_b) = results
+    if "baseline" in (isa_a, isa_b):
+        pytest.skip("this CPU has no FMA flavour")
+    assert torch.equal(out_a, out_b), (isa_a, isa_b)
