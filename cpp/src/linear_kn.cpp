@@ -69,7 +69,12 @@ __attribute__((always_inline)) inline void kn_columns(const float* x, const floa
   for (int j = 0; j < MB; ++j)
     for (int64_t c = n; c < n + cols; ++c) {
       float acc = 0.f;
-      for (int64_t k = 0; k < K; ++k) acc += x[j * K + k] * w[k * N + c];
+      for (int64_t k = 0; k < K; ++k) {
+        acc += x[j * K + k] * w[k * N + c];  // fused where the flavour fuses (-ffp-contract=fast)
+        // Keeps the chain scalar: GCC would otherwise vectorise it as an in-order reduction with
+        // the products rounded first (vmulps, then vaddss), which no longer matches a vector lane.
+        asm("" : "+x"(acc));
+      }
       out[j * N + c] = bias ? acc + bias[c] : acc;
     }
 }

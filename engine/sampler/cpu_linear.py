@@ -16,9 +16,10 @@ projections are transformers' Conv1D, whose weight is stored [in, out]: they run
 features), batch-invariant the same way; 56 rows x 768 x 2304 on the AVX-512 VM: 1137 us, MKL 849.
 
 The swap is active only inside a sampler forward, like the attention switch: training forwards
-use `nn.Linear.forward`, and a forward that needs gradients falls back to `F.linear`. It reads
-the module's parameters at call time (no copy, no packed cache), so a training step is visible to
-the next sampler step. Inside `torch.compile` each layer is one call of the op `alignkit::cpu_linear`.
+use the module's own forward, and a forward that needs gradients falls back to `F.linear` (Conv1D:
+its own `addmm`). It reads the module's parameters at call time (no copy, no packed cache), so a
+training step is visible to the next sampler step. Inside `torch.compile` each layer is one call of
+the op `alignkit::cpu_linear` (Conv1D: `alignkit::cpu_linear_kn`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def is_conv1d(module: Any) -> bool:
     Recognised by name, so this module does not import transformers.
     """
     cls = type(module)
-    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+    return cls.__name__ == "Conv1D" and cls.__module__ in ("transformers.pytorch_utils", "transformers.modeling_utils")
 
 
 def decode_linear_forward(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
