@@ -140,22 +140,15 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   // half an L2 and every weight tile re-read the inputs from L2, which bounded the kernel (~32
   // bytes a cycle) at ~165 GFLOP/s on two AVX-512 cores; now ~190. Blocks are whole tiles, about
   // four per thread where N allows.
-  const int64_t threads = num_threads();
   const Isa isa = simd_isa();
   const int64_t NB = isa == Isa::avx512 ? TileShape<16>::NB
                      : isa == Isa::avx2 ? TileShape<8>::NB
                                         : TileShape<4>::NB;
-  int64_t per = (N + 4 * threads - 1) / (4 * threads);
-  per = std::min(per, kItemBytes / (4 * std::max<int64_t>(K, 1)));
-  per = std::max<int64_t>(NB, (per + NB - 1) / NB * NB);
-  const int64_t items = (N + per - 1) / per;
-  // Under ~2^15 multiply-adds (a microsecond) waking the other threads costs more than it saves.
-  const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
   // A row's arithmetic does not depend on its chunk or tile. A chunk is a multiple of 12 rows so
   // that every flavour's input-row tile (3 or 4 rows) divides it: no tail tiles (speed only).
   const int64_t chunk_rows = std::max<int64_t>(12, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / 12 * 12);
-  parallel_for(items, [&](int64_t item) {
-    const int64_t n0 = item * per, n1 = std::min(N, n0 + per);
+  const int64_t max_rows = std::max<int64_t>(1, kItemBytes / (4 * std::max<int64_t>(K, 1)));
+  parallel_blocks(N, NB, max_rows, M * N * K < kLinearSerialMacs, [&](int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < M; m0 += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, M - m0);
 #if ALIGNKIT_HAS_V3
@@ -170,7 +163,7 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
 #endif
       weight_block_base(wd, xd + m0 * K, bd, od + m0 * N, rows, N, K, n0, n1);
     }
-  }, grain);
+  });
 }
 
 }  // namespace alignkit

@@ -134,20 +134,13 @@ void linear_kn_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Te
                                                                                     : KnTile<4>::NV * 4;
   // Work item = a block of output columns (whole tiles, about four per thread) for every input
   // row: the item's slice of the weight is read from memory once and stays in L2 for the rows.
-  const int64_t threads = num_threads();
-  int64_t per = (N + 4 * threads - 1) / (4 * threads);
-  per = std::max<int64_t>(cols, (per + cols - 1) / cols * cols);
-  const int64_t items = (N + per - 1) / per;
-  // Under ~2^15 multiply-adds (a microsecond) waking the other threads costs more than it saves.
-  const int64_t grain = M * N * K < (int64_t{1} << 15) ? items : 1;
-  parallel_for(items, [&](int64_t item) {
-    const int64_t n0 = item * per, n1 = std::min(N, n0 + per);
+  parallel_blocks(N, cols, 0, M * N * K < kLinearSerialMacs, [&](int64_t n0, int64_t n1) {
 #if ALIGNKIT_HAS_V3
     if (isa == Isa::avx512) return kn_block_v4(xd, wd, bd, od, M, N, K, n0, n1);
     if (isa == Isa::avx2) return kn_block_v3(xd, wd, bd, od, M, N, K, n0, n1);
 #endif
     kn_block_base(xd, wd, bd, od, M, N, K, n0, n1);
-  }, grain);
+  });
 }
 
 }  // namespace alignkit

@@ -12,6 +12,10 @@
 
 namespace alignkit {
 
+/// Below this many multiply-adds (about a microsecond) a linear call runs on the calling thread:
+/// waking the other threads would cost more than it saves.
+constexpr int64_t kLinearSerialMacs = int64_t{1} << 15;
+
 /// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]); fp32, row-major, CPU; bias may be null.
 void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias);
 
