@@ -7,6 +7,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <cmath>
 #include <initializer_list>
@@ -268,49 +269,79 @@ void sample(const Array& logits, const Array& temperature, const Array& top_k, c
   sample_cpu(a);
 }
 
-/// Shared checks of the two linear bindings: fp32 CPU tensors of consistent shapes, `out` apart
-/// from the inputs. `in_out` = the weight is stored [in_features, out_features] (Conv1D).
-void linear_checked(const char* fn, bool in_out, const Array& out, const Array& x, const Array& weight,
-                    const std::optional<Array>& bias) {
-  Tensor tx = view(x, fn, "x", {DType::F32}, 2), tw = view(weight, fn, "weight", {DType::F32}, 2);
-  Tensor to = view(out, fn, "out", {DType::F32}, 2);
-  const int64_t M = tx.shape[0], K = tx.shape[1], N = in_out ? tw.shape[1] : tw.shape[0];
-  if (in_out)
-    expect_shape(tw, fn, "weight", {K, N}, "[in_features, out_features] with in_features = x.shape[1]");
-  else
-    expect_shape(tw, fn, "weight", {N, K}, "[out_features, in_features] with in_features = x.shape[1]");
-  expect_shape(to, fn, "out", {M, N}, in_out ? "[x.shape[0], weight.shape[1]]" : "[x.shape[0], weight.shape[0]]");
-  std::vector<std::pair<const char*, const Tensor*>> all = {{"x", &tx}, {"weight", &tw}, {"out", &to}};
-  Tensor tb;
-  if (bias) {
-    tb = view(*bias, fn, "bias", {DType::F32}, 1);
-    expect_shape(tb, fn, "bias", {N}, "[out_features]");
-    all.emplace_back("bias", &tb);
+/// Shared checks of the linear bindings: fp32 CPU tensors of consistent shapes, no output
+/// sharing memory with an input or another output. `outs`, `weights` and `biases` are the
+/// layers of one call (one each for `linear` and `linear_kn`; `grouped` names them by index).
+void linear_checked(const char* fn, bool in_out, bool grouped, const std::vector<Array>& outs, const Array& x,
+                    const std::vector<Array>& weights, const std::vector<std::optional<Array>>& biases) {
+  const size_t L = weights.size();
+  if (outs.size() != L || biases.size() != L)
+    throw nb::value_error((std::string(fn) + ": outs, weights and biases must have the same length (one per layer), "
+                           "got " + std::to_string(outs.size()) + ", " + std::to_string(L) + ", " +
+                           std::to_string(biases.size())).c_str());
+  Tensor tx = view(x, fn, "x", {DType::F32}, 2);
+  const int64_t M = tx.shape[0], K = tx.shape[1];
+  std::vector<std::string> names;  // built before any c_str() is taken
+  for (size_t i = 0; i < L; ++i)
+    for (const char* base : {"out", "weight", "bias"}) {
+      if (!grouped) names.emplace_back(base);
+      else names.push_back(std::string(base) + (base[0] == 'b' ? "es[" : "s[") + std::to_string(i) + "]");
+    }
+  std::vector<Tensor> to(L), tw(L), tb(L);
+  std::vector<std::pair<const char*, const Tensor*>> all = {{"x", &tx}};
+  for (size_t i = 0; i < L; ++i) {
+    const char *on = names[3 * i].c_str(), *wn = names[3 * i + 1].c_str(), *bn = names[3 * i + 2].c_str();
+    tw[i] = view(weights[i], fn, wn, {DType::F32}, 2);
+    to[i] = view(outs[i], fn, on, {DType::F32}, 2);
+    const int64_t N = in_out ? tw[i].shape[1] : tw[i].shape[0];
+    if (in_out)
+      expect_shape(tw[i], fn, wn, {K, N}, "[in_features, out_features] with in_features = x.shape[1]");
+    else
+      expect_shape(tw[i], fn, wn, {N, K}, "[out_features, in_features] with in_features = x.shape[1]");
+    expect_shape(to[i], fn, on, {M, N}, in_out ? "[x.shape[0], weight.shape[1]]" : "[x.shape[0], weight.shape[0]]");
+    all.emplace_back(wn, &tw[i]);
+    all.emplace_back(on, &to[i]);
+    if (biases[i]) {
+      tb[i] = view(*biases[i], fn, bn, {DType::F32}, 1);
+      expect_shape(tb[i], fn, bn, {N}, "[out_features]");
+      all.emplace_back(bn, &tb[i]);
+    }
   }
   if (common_device(fn, all) != Device::CPU)
     throw nb::value_error((std::string(fn) + ": this kernel runs on the CPU; on CUDA use torch's matmul").c_str());
-  // `out` is written while x, weight and bias are still read: they must not share memory.
-  auto overlaps = [&](const Tensor& t) {
-    const char* a = static_cast<const char*>(to.data);
-    const char* b = static_cast<const char*>(t.data);
-    return t.numel() > 0 && to.numel() > 0 && a < b + t.numel() * 4 && b < a + to.numel() * 4;
+  // An output is written while the inputs and the other outputs are still in use: no shared memory.
+  auto overlaps = [](const Tensor& a, const Tensor& b) {
+    const char* pa = static_cast<const char*>(a.data);
+    const char* pb = static_cast<const char*>(b.data);
+    return a.numel() > 0 && b.numel() > 0 && pa < pb + b.numel() * 4 && pb < pa + a.numel() * 4;
   };
-  for (auto& [name, t] : all)
-    if (t != &to && overlaps(*t))
-      throw nb::value_error(
-          (std::string(fn) + ": `out` overlaps `" + name + "`; pass a separate output tensor").c_str());
-  if (M == 0 || N == 0) return;
+  for (size_t i = 0; i < L; ++i)
+    for (auto& [name, t] : all)
+      if (t != &to[i] && overlaps(to[i], *t))
+        throw nb::value_error((std::string(fn) + ": `" + names[3 * i] + "` overlaps `" + name +
+                               "`; pass a separate output tensor").c_str());
+  if (M == 0) return;
   nb::gil_scoped_release release;
-  if (in_out) linear_kn_cpu(to, tx, tw, bias ? &tb : nullptr);
-  else linear_cpu(to, tx, tw, bias ? &tb : nullptr);
+  if (in_out) {
+    if (to[0].numel() > 0) linear_kn_cpu(to[0], tx, tw[0], biases[0] ? &tb[0] : nullptr);
+    return;
+  }
+  std::vector<LinearPart> parts;
+  for (size_t i = 0; i < L; ++i) parts.push_back({&to[i], &tw[i], biases[i] ? &tb[i] : nullptr});
+  linear_group_cpu(tx, parts);
 }
 
 void linear(const Array& out, const Array& x, const Array& weight, const std::optional<Array>& bias) {
-  linear_checked("linear", false, out, x, weight, bias);
+  linear_checked("linear", false, false, {out}, x, {weight}, {bias});
 }
 
 void linear_kn(const Array& out, const Array& x, const Array& weight, const std::optional<Array>& bias) {
-  linear_checked("linear_kn", true, out, x, weight, bias);
+  linear_checked("linear_kn", true, false, {out}, x, {weight}, {bias});
+}
+
+void linear_group(const std::vector<Array>& outs, const Array& x, const std::vector<Array>& weights,
+                  const std::vector<std::optional<Array>>& biases) {
+  linear_checked("linear_group", false, true, outs, x, weights, biases);
 }
 
 }  // namespace
@@ -332,6 +363,9 @@ void bind_kernels(nb::module_& m) {
   m.def("linear", &linear, "out"_a, "x"_a, "weight"_a, "bias"_a.none() = nb::none(),
         "out = x @ weight.T (+ bias), fp32 on the CPU, for the few rows of decode steps: the weight is read in "
         "place (no packing) and each row's result is bitwise independent of the other rows (batch-invariant).");
+  m.def("linear_group", &linear_group, "outs"_a, "x"_a, "weights"_a, "biases"_a,
+        "outs[i] = x @ weights[i]^T (+ biases[i], None for none) for several layers on the same input (q/k/v, "
+        "gate/up) in one parallel region; each output bitwise equal to its own `linear` call.");
   m.def("linear_kn", &linear_kn, "out"_a, "x"_a, "weight"_a, "bias"_a.none() = nb::none(),
         "out = x @ weight (+ bias) for a weight stored [in_features, out_features] (transformers' Conv1D, GPT-2), "
         "fp32 on the CPU; each output is one multiply-add chain over k, so each row's result is bitwise "

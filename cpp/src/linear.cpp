@@ -2,6 +2,7 @@
 #include "alignkit/linear.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "alignkit/thread_pool.h"
 #include "alignkit/vec.h"
@@ -129,17 +130,18 @@ ALIGNKIT_V4 void weight_block_v4(ALIGNKIT_LINEAR_ARGS) { weight_block<16>(w, x, 
 }  // namespace
 
 void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) {
-  const int64_t M = x.shape[0], K = x.shape[1], N = w.shape[0];
-  const float* wd = w.ptr<float>();
+  linear_group_cpu(x, {LinearPart{&out, &w, bias}});
+}
+
+void linear_group_cpu(const Tensor& x, const std::vector<LinearPart>& parts) {
+  const int64_t M = x.shape[0], K = x.shape[1];
   const float* xd = x.ptr<float>();
-  const float* bd = bias ? bias->ptr<float>() : nullptr;
-  float* od = out.ptr<float>();
-  // Work item = a block of weight rows against every input row, taken a chunk of input rows at a
-  // time: the chunk stays in L1 while the item's weight rows stream past it, and the item's rows
-  // (at most kItemBytes, so they stay in L2) come from memory once. Before, a chunk was as large as
-  // half an L2 and every weight tile re-read the inputs from L2, which bounded the kernel (~32
-  // bytes a cycle) at ~165 GFLOP/s on two AVX-512 cores; now ~190. Blocks are whole tiles, about
-  // four per thread where N allows.
+  // Work item = a block of one layer's weight rows against every input row, taken a chunk of
+  // input rows at a time: the chunk stays in L1 while the item's weight rows stream past it, and
+  // the item's rows (at most kItemBytes, so they stay in L2) come from memory once. Before, a chunk
+  // was as large as half an L2 and every weight tile re-read the inputs from L2, which bounded the
+  // kernel (~32 bytes a cycle) at ~165 GFLOP/s on two AVX-512 cores; now ~190. Each layer is cut
+  // into whole tiles, and the blocks of all layers share one parallel region.
   const Isa isa = simd_isa();
   const int64_t NB = isa == Isa::avx512 ? TileShape<16>::NB
                      : isa == Isa::avx2 ? TileShape<8>::NB
@@ -148,7 +150,27 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
   // that every flavour's input-row tile (3 or 4 rows) divides it: no tail tiles (speed only).
   const int64_t chunk_rows = std::max<int64_t>(12, (kChunkBytes / (4 * std::max<int64_t>(K, 1))) / 12 * 12);
   const int64_t max_rows = std::max<int64_t>(1, kItemBytes / (4 * std::max<int64_t>(K, 1)));
-  parallel_blocks(N, NB, max_rows, M * N * K < kLinearSerialMacs, [&](int64_t n0, int64_t n1) {
+  struct Block {
+    const LinearPart* part;
+    int64_t n0, n1;
+  };
+  int64_t total_n = 0;
+  for (const LinearPart& p : parts) total_n += p.weight->shape[0];
+  if (M == 0 || total_n == 0) return;
+  // Blocks as long as if the layers were one weight of total_n rows (a layer's last block may be
+  // shorter): many small blocks would each re-read the input chunk from L2.
+  const int64_t per = block_length(total_n, NB, max_rows);
+  std::vector<Block> blocks;
+  for (const LinearPart& p : parts)
+    for (int64_t n0 = 0; n0 < p.weight->shape[0]; n0 += per)
+      blocks.push_back({&p, n0, std::min(p.weight->shape[0], n0 + per)});
+  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
+  parallel_for(n_blocks, [&](int64_t b) {
+    const LinearPart& p = *blocks[b].part;
+    const int64_t N = p.weight->shape[0], n0 = blocks[b].n0, n1 = blocks[b].n1;
+    const float* wd = p.weight->ptr<float>();
+    const float* bd = p.bias ? p.bias->ptr<float>() : nullptr;
+    float* od = p.out->ptr<float>();
     for (int64_t m0 = 0; m0 < M; m0 += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, M - m0);
 #if ALIGNKIT_HAS_V3
@@ -163,7 +185,7 @@ void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tenso
 #endif
       weight_block_base(wd, xd + m0 * K, bd, od + m0 * N, rows, N, K, n0, n1);
     }
-  });
+  }, M * total_n * K < kLinearSerialMacs ? n_blocks : 1);
 }
 
 }  // namespace alignkit

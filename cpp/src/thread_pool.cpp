@@ -204,14 +204,18 @@ void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t gra
 
 #endif  // ALIGNKIT_WITH_OPENMP
 
-void parallel_blocks(int64_t n, int64_t unit, int64_t max_per, bool serial,
-                     const std::function<void(int64_t, int64_t)>& body) {
-  if (n <= 0) return;
+int64_t block_length(int64_t n, int64_t unit, int64_t max_per) {
   unit = std::max<int64_t>(1, unit);
   const int64_t threads = num_threads();
   int64_t per = (n + 4 * threads - 1) / (4 * threads);
   if (max_per > 0) per = std::min(per, max_per);
-  per = std::max(unit, (per + unit - 1) / unit * unit);
+  return std::max(unit, (per + unit - 1) / unit * unit);
+}
+
+void parallel_blocks(int64_t n, int64_t unit, int64_t max_per, bool serial,
+                     const std::function<void(int64_t, int64_t)>& body) {
+  if (n <= 0) return;
+  const int64_t per = block_length(n, unit, max_per);
   const int64_t blocks = (n + per - 1) / per;
   parallel_for(blocks, [&](int64_t b) { body(b * per, std::min(n, b * per + per)); }, serial ? blocks : 1);
 }

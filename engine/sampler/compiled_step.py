@@ -16,6 +16,7 @@ import torch
 from .cpu_linear import cpu_linear_op
 from .custom_ops import define_op, registered_once
 from .kernels import default_kernels
+from .linear_grouping import GroupLinearsOnSharedInput
 
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 
@@ -65,7 +66,9 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
         fresh.__kwdefaults__ = fn.__kwdefaults__
         if isinstance(step, types.MethodType):
             fresh = types.MethodType(fresh, step.__self__)
-    compiled = torch.compile(fresh, dynamic=True)
+    # Linear layers on the same input (q/k/v, gate/up) become one grouped kernel call.
+    compiled = torch.compile(fresh, dynamic=True,
+                             options={"post_grad_custom_post_pass": GroupLinearsOnSharedInput()})
 
     def step_with_graph_budget(*args: Any, **kwargs: Any) -> Any:
         # Dynamo specialises sizes 0 and 1 of every varying dimension (tokens, sequences, sampled

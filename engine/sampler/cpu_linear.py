@@ -63,8 +63,23 @@ def _cpu_linear_kn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return _run("linear_kn", x, weight, bias, weight.shape[1])
 
 
+def _cpu_linear_group(x: torch.Tensor, weights: list[torch.Tensor],
+                      biases: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """[x @ w.T (+ b) for each layer] in one kernel call (layers on the same input: q/k/v, gate/up)."""
+    kernel = _kernels.get("linear_group")
+    if kernel is None:
+        import alignkit._sampler as ext
+
+        kernel = _kernels["linear_group"] = ext.linear_group
+    rows = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
+    outs = [rows.new_empty((rows.shape[0], w.shape[0])) for w in weights]
+    kernel([as_capsule(o) for o in outs], as_capsule(rows), [as_capsule(w) for w in weights],
+           [as_capsule(b) for b in biases])
+    return outs if x.dim() == 2 else [o.view(*x.shape[:-1], o.shape[1]) for o in outs]
+
+
 def _register_cpu_linear() -> Any:
-    """`torch.ops.alignkit.cpu_linear` and `cpu_linear_kn`, registered by the first `cpu_linear_op()` call."""
+    """`torch.ops.alignkit.cpu_linear`, `cpu_linear_kn` and `cpu_linear_group`, registered by the first `cpu_linear_op()` call."""
     schema = "(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
 
     def fake_kn(x, weight, bias):
@@ -73,7 +88,13 @@ def _register_cpu_linear() -> Any:
     def fake(x, weight, bias):
         return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
+    def fake_group(x, weights, biases):
+        return [x.new_empty((*x.shape[:-1], w.shape[0])) for w in weights]
+
     define_op("cpu_linear_kn", schema, _cpu_linear_kn, fake_kn)
+    # Not called by model code: compiled steps group cpu_linear calls into it (linear_grouping.py).
+    define_op("cpu_linear_group", "(Tensor x, Tensor[] weights, Tensor?[] biases) -> Tensor[]", _cpu_linear_group,
+              fake_group)
     return define_op("cpu_linear", schema, _cpu_linear, fake)
 
 

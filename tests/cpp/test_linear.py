@@ -129,6 +129,66 @@ def test_bad_input_raises(case, exc, match):
         ext.linear(out, x, w, b)
 
 
+# linear_group: several layers on the same input in one call (compiled steps' q/k/v, gate/up).
+@pytest.mark.parametrize("m", [1, 5, 56, 600])
+@pytest.mark.parametrize("ns,k", [((256, 128, 128), 256), ((704, 704), 256), ((7, 1, 130, 66), 37), ((0, 9), 40)])
+def test_group_outputs_equal_separate_calls_bitwise(m, ns, k):
+    """Each layer's output is bitwise its own `linear` call's, with or without a bias, whatever its neighbours."""
+    g = torch.Generator().manual_seed(m + k + len(ns))
+    x = torch.randn(m, k, generator=g)
+    ws = [torch.randn(n, k, generator=g) for n in ns]
+    bs = [torch.randn(n, generator=g) if i % 2 else None for i, n in enumerate(ns)]
+    outs = [torch.empty(m, n) for n in ns]
+    ext.linear_group(outs, x, ws, bs)
+    for out, w, b in zip(outs, ws, bs):
+        assert torch.equal(out, call(x, w, b))
+        torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-5 * k ** 0.5)
+
+
+def test_group_rows_are_batch_invariant():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 64, generator=g)
+    ws = [torch.randn(n, 64, generator=g) for n in (48, 16, 16)]
+    outs = [torch.empty(40, w.shape[0]) for w in ws]
+    ext.linear_group(outs, x, ws, [None] * 3)
+    for i in (0, 17, 39):
+        row = [torch.empty(1, w.shape[0]) for w in ws]
+        ext.linear_group(row, x[i:i + 1], ws, [None] * 3)
+        assert all(torch.equal(r[0], o[i]) for r, o in zip(row, outs))
+
+
+@pytest.mark.parametrize("case,exc,match", [
+    ("lengths", ValueError, "outs, weights and biases must have the same length"),
+    ("dtype", TypeError, "`weights\\[1\\]` must have dtype float32"),
+    ("weight_shape", ValueError, "`weights\\[1\\]` must have shape"),
+    ("out_shape", ValueError, "`outs\\[0\\]` must have shape"),
+    ("bias_shape", ValueError, "`biases\\[1\\]` must have shape"),
+    ("outs_overlap", ValueError, "`outs\\[0\\]` overlaps `outs\\[1\\]`"),
+    ("out_overlaps_weight", ValueError, "`outs\\[0\\]` overlaps `weights\\[1\\]`"),
+])
+def test_group_bad_input_raises(case, exc, match):
+    x, ws = torch.randn(3, 8), [torch.randn(5, 8), torch.randn(4, 8)]
+    outs, bs = [torch.empty(3, 5), torch.empty(3, 4)], [None, torch.randn(4)]
+    if case == "lengths":
+        bs = [None]
+    elif case == "dtype":
+        ws[1] = ws[1].double()
+    elif case == "weight_shape":
+        ws[1] = torch.randn(4, 9)
+    elif case == "out_shape":
+        outs[0] = torch.empty(3, 4)
+    elif case == "bias_shape":
+        bs[1] = torch.randn(5)
+    elif case == "outs_overlap":
+        flat = torch.empty(40)
+        outs = [flat[:15].view(3, 5), flat[10:22].view(3, 4)]
+    elif case == "out_overlaps_weight":
+        flat = torch.randn(64)
+        ws[1], outs[0] = flat[:32].view(4, 8), flat[20:35].view(3, 5)
+    with pytest.raises(exc, match=match):
+        ext.linear_group(outs, x, ws, bs)
+
+
 # linear_kn: the weight stored [in, out] (transformers' Conv1D, GPT-2).
 def call_kn(x, w, b=None):
     out = torch.empty(x.shape[0], w.shape[1])

@@ -34,9 +34,19 @@ def model(request, models_dir):
     return build(request.param, models_dir)
 
 
-def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
+def test_compiled_sampler_matches_eager_and_sees_weight_updates(model, monkeypatch):
     # Mixed lengths and group sizes: multi-sequence prefill + decode steps, then a lone sequence
     # (the longest completion) so both compiled graphs are exercised.
+    import alignkit._sampler as ext
+    from alignkit.engine.sampler import cpu_linear
+
+    grouped_calls = []  # the compiled step runs q/k/v and gate/up as grouped kernel calls
+
+    def linear_group(outs, *args):
+        grouped_calls.append(len(outs))
+        return ext.linear_group(outs, *args)
+
+    monkeypatch.setitem(cpu_linear._kernels, "linear_group", linear_group)
     prompts = _prompts([3, 11, 26])
     params = [SamplingParams(n=3, temperature=0.8, top_k=20, max_new_tokens=6, seed=5),
               SamplingParams(n=2, temperature=1.0, max_new_tokens=9, seed=6),
@@ -49,6 +59,10 @@ def test_compiled_sampler_matches_eager_and_sees_weight_updates(model):
     # would silently run eager): multi-sequence steps and the lone sequence, at least.
     compiled_graphs = counters["stats"]["unique_graphs"]
     assert compiled_graphs >= graphs + 2
+    if model.config.model_type == "gpt2":  # one Conv1D computes q, k and v: nothing to group
+        assert not grouped_calls
+    else:  # q/k/v (3 layers) and gate/up (2) of every decoder layer, every step
+        assert {3, 2} <= set(grouped_calls), grouped_calls
     assert counters["frames"]["total"] == counters["frames"]["ok"], dict(counters["unimplemented"])
 
     # An optimizer-style in-place update must reach the compiled step (parameters are graph

@@ -8,6 +8,8 @@
 // (no packing), which is what makes it fast for few rows where sgemm re-packs the whole weight.
 #pragma once
 
+#include <vector>
+
 #include "alignkit/tensor.h"
 
 namespace alignkit {
@@ -18,6 +20,18 @@ constexpr int64_t kLinearSerialMacs = int64_t{1} << 15;
 
 /// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]); fp32, row-major, CPU; bias may be null.
 void linear_cpu(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias);
+
+/// One layer of a grouped call: out = x @ weight^T (+ bias), weight [N, K]; bias may be null.
+struct LinearPart {
+  const Tensor* out;
+  const Tensor* weight;
+  const Tensor* bias;
+};
+
+/// Several linear layers on the same input (a decoder's q/k/v or gate/up projections) in one
+/// parallel region: every output bitwise equal to its own linear_cpu call, fewer thread
+/// hand-offs and better-balanced work than one call per layer.
+void linear_group_cpu(const Tensor& x, const std::vector<LinearPart>& parts);
 
 /// out[M, N] = x[M, K] @ w[K, N] (+ bias[N]) for a weight stored [in, out] (transformers' Conv1D,
 /// GPT-2); fp32, row-major, CPU; each output one multiply-add chain over k, so batch-invariant

@@ -25,9 +25,12 @@ int num_threads();
 /// rethrown in the caller (the first one wins). Small n runs inline.
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t grain = 1);
 
-/// Run body(b0, b1) over [0, n) cut into blocks of whole `unit`s (the last may be shorter), about
-/// four per thread and at most max_per long (0 = no cap); all on the calling thread when `serial`
-/// (work too small to be worth waking the pool).
+/// Length of the blocks parallel_blocks cuts [0, n) into: whole `unit`s, about four blocks per
+/// thread, at most max_per long (0 = no cap).
+int64_t block_length(int64_t n, int64_t unit, int64_t max_per);
+
+/// Run body(b0, b1) over [0, n) cut into blocks of block_length(n, unit, max_per) (the last may be
+/// shorter); all on the calling thread when `serial` (work too small to be worth waking the pool).
 void parallel_blocks(int64_t n, int64_t unit, int64_t max_per, bool serial,
                      const std::function<void(int64_t, int64_t)>& body);
 
