@@ -21,7 +21,8 @@ The swap is active only inside a sampler forward, like the attention switch: tra
 use the module's own forward, and a forward that needs gradients falls back to `F.linear` (Conv1D:
 its own `addmm`). It reads the module's parameters at call time (no copy, no packed cache), so a
 training step is visible to the next sampler step. Inside `torch.compile` each layer is one call of
-the op `alignkit::cpu_linear` (Conv1D: `alignkit::cpu_linear_kn`).
+the op `alignkit::cpu_linear` (Conv1D: `alignkit::cpu_linear_kn`), and layers that read the same
+input are then grouped into one `alignkit::cpu_linear_group` call (linear_grouping.py).
 """
 
 from __future__ import annotations
