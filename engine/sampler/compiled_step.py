@@ -66,9 +66,13 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
         fresh.__kwdefaults__ = fn.__kwdefaults__
         if isinstance(step, types.MethodType):
             fresh = types.MethodType(fresh, step.__self__)
-    # Linear layers on the same input (q/k/v, gate/up) become one grouped kernel call.
+    # Linear layers on the same input (q/k/v, gate/up) become one grouped kernel call. Inductor's
+    # per-call size/stride/alignment asserts (~100 a step) are off: dynamo's guards already check
+    # every input, and the tests compare compiled steps with eager ones (in-process A/B, 8 paired
+    # rollouts: 1-2% faster).
     compiled = torch.compile(fresh, dynamic=True,
-                             options={"post_grad_custom_post_pass": GroupLinearsOnSharedInput()})
+                             options={"post_grad_custom_post_pass": GroupLinearsOnSharedInput(),
+                                      "size_asserts": False, "alignment_asserts": False})
 
     def step_with_graph_budget(*args: Any, **kwargs: Any) -> Any:
         # Dynamo specialises sizes 0 and 1 of every varying dimension (tokens, sequences, sampled
