@@ -298,7 +298,8 @@ void linear_checked(const char* fn, bool in_out, bool grouped, const std::vector
       expect_shape(tw[i], fn, wn, {K, N}, "[in_features, out_features] with in_features = x.shape[1]");
     else
       expect_shape(tw[i], fn, wn, {N, K}, "[out_features, in_features] with in_features = x.shape[1]");
-    expect_shape(to[i], fn, on, {M, N}, in_out ? "[x.shape[0], weight.shape[1]]" : "[x.shape[0], weight.shape[0]]");
+    const std::string out_hint = "[x.shape[0], " + names[3 * i + 1] + (in_out ? ".shape[1]]" : ".shape[0]]");
+    expect_shape(to[i], fn, on, {M, N}, out_hint.c_str());
     all.emplace_back(wn, &tw[i]);
     all.emplace_back(on, &to[i]);
     if (biases[i]) {

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .custom_ops import define_op, registered_once
 from .kernels import as_capsule
 
-_kernels: dict[str, Callable[..., None]] = {}  # alignkit._sampler.linear / linear_kn, imported on first use
+_kernels: dict[str, Callable[..., None]] = {}  # alignkit._sampler.linear / linear_kn / linear_group, imported on first use
 
 
 def _run(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -19,11 +19,7 @@ from collections import defaultdict
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-
-def _defined_at_the_top(arg: object) -> bool:
-    # Parameters reach a compiled graph as inputs (placeholders); a grouped call moves every
-    # layer's weight up to the first layer's place, which is safe for those (and for None).
-    return arg is None or (isinstance(arg, torch.fx.Node) and arg.op in ("placeholder", "get_attr"))
+from . import cpu_linear
 
 
 class GroupLinearsOnSharedInput(CustomGraphPass):
@@ -31,17 +27,25 @@ class GroupLinearsOnSharedInput(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         linear = torch.ops.alignkit.cpu_linear.default
+        place = {node: i for i, node in enumerate(graph.nodes)}
         by_input: dict[torch.fx.Node, list[torch.fx.Node]] = defaultdict(list)
         for node in graph.nodes:
-            if (node.op == "call_function" and node.target is linear and len(node.args) == 3 and not node.kwargs
-                    and _defined_at_the_top(node.args[1]) and _defined_at_the_top(node.args[2])):
-                by_input[node.args[0]].append(node)
-        group = torch.ops.alignkit.cpu_linear_group.default
-        for x, nodes in by_input.items():
+            if node.op != "call_function" or node.target is not linear or len(node.args) != 3 or node.kwargs:
+                continue
+            group = by_input[node.args[0]]
+            # The grouped call sits where the group's first layer was, so a later layer joins only
+            # if its weight and bias exist by then (parameters are graph inputs: always).
+            first = place[group[0]] if group else place[node]
+            if all(a is None or (isinstance(a, torch.fx.Node) and place[a] < first) for a in node.args[1:]):
+                group.append(node)
+        grouped_op = torch.ops.alignkit.cpu_linear_group.default
+        for nodes in by_input.values():
             if len(nodes) < 2:
                 continue
+            # The input as it is now: it may be an earlier group's output, already rewired.
+            x = nodes[0].args[0]
             with graph.inserting_before(nodes[0]):
-                grouped = graph.call_function(group, (x, [n.args[1] for n in nodes], [n.args[2] for n in nodes]))
+                grouped = graph.call_function(grouped_op, (x, [n.args[1] for n in nodes], [n.args[2] for n in nodes]))
                 grouped.meta["val"] = [n.meta.get("val") for n in nodes]
                 outs = [graph.call_function(operator.getitem, (grouped, i)) for i in range(len(nodes))]
             for node, out in zip(nodes, outs):
@@ -50,5 +54,5 @@ class GroupLinearsOnSharedInput(CustomGraphPass):
                 graph.erase_node(node)
 
     def uuid(self) -> bytes:
-        """Identity for inductor's compile cache: this file's contents."""
-        return get_hash_for_files((__file__,))
+        """Identity for inductor's compile cache: this file and the ops' schemas (cpu_linear.py)."""
+        return get_hash_for_files((__file__, cpu_linear.__file__))

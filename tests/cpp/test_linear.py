@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import alignkit._sampler as ext
 
+from .fake_dlpack import FakeCudaTensor
 from .simd_flavour import expected_isa
 
 
@@ -73,6 +74,9 @@ def test_narrower_kernels_match_torch_and_stay_batch_invariant(isa):
         "    out = call(x, w, b)\n"
         "    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-4)\n"
         "    assert torch.equal(torch.cat([call(x[i:i + 1], w, b) for i in range(m)]), out)\n"
+        "    w2 = torch.randn(n + 3, k, generator=g)\n"  # and as one layer of a group, bitwise
+        "    outs = [torch.empty(m, n), torch.empty(m, n + 3)]; ext.linear_group(outs, x, [w, w2], [b, None])\n"
+        "    assert torch.equal(outs[0], out) and torch.equal(outs[1], call(x, w2, None))\n"
     )
     env = {**os.environ, "ALIGNKIT_ISA": isa}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -165,6 +169,8 @@ def test_group_rows_are_batch_invariant():
     ("bias_shape", ValueError, "`biases\\[1\\]` must have shape"),
     ("outs_overlap", ValueError, "`outs\\[0\\]` overlaps `outs\\[1\\]`"),
     ("out_overlaps_weight", ValueError, "`outs\\[0\\]` overlaps `weights\\[1\\]`"),
+    ("strided", ValueError, "`weights\\[1\\]` must be contiguous"),
+    ("device", ValueError, "`weights\\[1\\]` is on a different device|device than `weights\\[1\\]`"),
 ])
 def test_group_bad_input_raises(case, exc, match):
     x, ws = torch.randn(3, 8), [torch.randn(5, 8), torch.randn(4, 8)]
@@ -185,6 +191,10 @@ def test_group_bad_input_raises(case, exc, match):
     elif case == "out_overlaps_weight":
         flat = torch.randn(64)
         ws[1], outs[0] = flat[:32].view(4, 8), flat[20:35].view(3, 5)
+    elif case == "strided":
+        ws[1] = torch.randn(8, 4).T
+    elif case == "device":
+        ws[1] = FakeCudaTensor(ws[1])  # claims cuda:0 while the rest is on the CPU
     with pytest.raises(exc, match=match):
         ext.linear_group(outs, x, ws, bs)
 

@@ -41,8 +41,24 @@ def test_layers_on_one_input_become_one_group_call_with_the_same_bits():
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
-def test_the_pass_has_a_stable_cache_identity():
-    assert GroupLinearsOnSharedInput().uuid() == GroupLinearsOnSharedInput().uuid()
+def _chained(x, w1, w2, w3, w4):
+    linear = torch.ops.alignkit.cpu_linear
+    a, b = linear(x, w1, None), linear(x, w2, None)  # a group whose first output ...
+    return linear(a, w3, None), linear(a, w4, None), b  # ... is the shared input of the next group
+
+
+def test_a_group_may_read_an_earlier_groups_output():
+    cpu_linear_op()
+    g = torch.Generator().manual_seed(2)
+    args = (torch.randn(3, 8, generator=g), *(torch.randn(8, 8, generator=g) for _ in range(4)))
+    want = _chained(*args)
+    gm = make_fx(_chained)(*args)
+    GroupLinearsOnSharedInput()(gm.graph)
+    gm.graph.lint()  # the second group reads the rewired first output, not the erased node
+    gm.recompile()
+    assert _targets(gm).count(torch.ops.alignkit.cpu_linear_group.default) == 2
+    assert torch.ops.alignkit.cpu_linear.default not in _targets(gm)
+    assert all(torch.equal(a, b) for a, b in zip(gm(*args), want))
 
 
 @pytest.mark.parametrize("shape", [(5, 16), (1, 5, 16)])

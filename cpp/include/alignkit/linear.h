@@ -30,7 +30,8 @@ struct LinearPart {
 
 /// Several linear layers on the same input (a decoder's q/k/v or gate/up projections) in one
 /// parallel region: every output bitwise equal to its own linear_cpu call, fewer thread
-/// hand-offs and better-balanced work than one call per layer.
+/// hand-offs and better-balanced work than one call per layer. Unchecked (the binding checks):
+/// each out is [M, N] for its weight [N, K], and no out overlaps x, a weight, a bias or another out.
 void linear_group_cpu(const Tensor& x, const std::vector<LinearPart>& parts);
 
 /// out[M, N] = x[M, K] @ w[K, N] (+ bias[N]) for a weight stored [in, out] (transformers' Conv1D,

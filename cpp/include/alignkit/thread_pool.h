@@ -26,7 +26,7 @@ int num_threads();
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t grain = 1);
 
 /// Length of the blocks parallel_blocks cuts [0, n) into: whole `unit`s, about four blocks per
-/// thread, at most max_per long (0 = no cap).
+/// thread, at most max_per long (0 = no cap) unless that is less than one unit.
 int64_t block_length(int64_t n, int64_t unit, int64_t max_per);
 
 /// Run body(b0, b1) over [0, n) cut into blocks of block_length(n, unit, max_per) (the last may be
