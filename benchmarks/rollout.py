@@ -11,6 +11,7 @@ by its wall time. Also: our model FLOP/s (2 * matmul params * tokens + attention
 a `torch.mm` peak measured in the same run (before and after the timed runs, the higher counts).
 
     python benchmarks/rollout.py [--prompts 16 --group 8 --prompt-len 64 --max-new 256 --threads 2]
+    python benchmarks/rollout.py --device cuda   # model, all three systems and the peak on the GPU
 
 Our sampler runs twice: with `Sampler(compile=True)` (the headline `ours_*` figures; its one-off
 warm-up, which includes compiling, is reported as `ours_warmup_s`) and eager (`ours_eager_*`).
@@ -42,25 +43,35 @@ def build_model(args):
                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
                       num_key_value_heads=args.kv_heads, max_position_embeddings=2048,
                       bos_token_id=0, eos_token_id=args.vocab - 1, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(cfg).eval().to(args.device)
 
 
-def gemm_peak_gflops(sizes=(1024, 1536), reps: int = 20) -> float:
-    """Best-of fp32 `torch.mm` GFLOP/s on this machine with the current thread count.
+def gemm_peak_gflops(device: str = "cpu", sizes=(1024, 1536), reps: int = 20) -> float:
+    """Best-of fp32 `torch.mm` GFLOP/s on this machine (the current thread count) or GPU (TF32 as torch's default: off).
 
     Square products of a few sizes, the fastest call counts: the peak is what the machine can
     do, so a momentary dip (a neighbour on a shared VM) must not lower it and flatter the fraction.
     """
+    if device != "cpu":
+        sizes = (4096, 8192)  # a GPU needs large products to reach its peak
     best_rate = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         for _ in range(3):
             torch.mm(a, b)
         for _ in range(reps):
+            _sync(device)
             t = time.perf_counter()
             torch.mm(a, b)
+            _sync(device)
             best_rate = max(best_rate, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
     return best_rate
+
+
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work (timings on CUDA); nothing on the CPU."""
+    if device != "cpu":
+        torch.cuda.synchronize(device)
 
 
 def workload(args):
@@ -161,10 +172,13 @@ def run_generate(model, prompts, stop, args):
         mask[i, width - len(p):] = 1
     kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.group,
               max_new_tokens=args.max_new, eos_token_id=stop, pad_token_id=0)
+    ids, mask = ids.to(args.device), mask.to(args.device)
     with torch.no_grad():
         model.generate(ids[:2], attention_mask=mask[:2], **{**kw, "max_new_tokens": 8})  # warm-up
+        _sync(args.device)
         t = time.perf_counter()
         out = model.generate(ids, attention_mask=mask, **kw)
+        _sync(args.device)
         dt = time.perf_counter() - t
     s = set(stop)
     lens = [real_len(row[width:].tolist(), s) for row in out]
@@ -188,9 +202,11 @@ def run_generate_batch(model, prompts, stop, args):
     with torch.no_grad():
         try:
             for _ in range(2):
+                _sync(args.device)
                 t = time.perf_counter()
                 out = model.generate_batch(prompts, generation_config=cfg, progress_bar=False,
                                            persistent_manager=True)
+                _sync(args.device)
                 timings.append(time.perf_counter() - t)
         finally:
             model.destroy_cached_continuous_batching_manager()
@@ -234,6 +250,7 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-batched-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, all three systems and the peak run")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round per system counts")
     ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
@@ -242,6 +259,10 @@ def main() -> None:
     ap.add_argument("--omp-passive", action="store_true",
                     help="re-run with OMP_WAIT_POLICY=PASSIVE (for machines shared with other jobs)")
     args = ap.parse_args()
+    if args.device != "cpu" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: torch sees no CUDA device here")
+    if args.device != "cpu" and args.profile:
+        ap.error("--profile times the CPU kernels one call at a time; run it with --device cpu")
     if args.omp_passive and os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
         # OpenMP reads the variable at load time: it must be set before torch is imported.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
@@ -258,7 +279,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]  # the machine may be shared: report how busy it was
     model = build_model(args)
     prompts, stop = workload(args)
-    peak = gemm_peak_gflops()  # measured again after the runs; the higher one counts
+    peak = gemm_peak_gflops(args.device)  # measured again after the runs; the higher one counts
     # Interleaved rounds, best round per system: on a shared machine the load changes between
     # runs, and interleaving spreads it over all systems instead of penalising one of them.
     best: dict[str, tuple] = {}
@@ -275,7 +296,7 @@ def main() -> None:
             keep("generate", *run_generate(model, prompts, stop, args))
             keep("generate_batch", *run_generate_batch(model, prompts, stop, args))
     # The headline is the compiled sampler when it ran (the eager one is reported beside it).
-    peak = max(peak, gemm_peak_gflops())
+    peak = max(peak, gemm_peak_gflops(args.device))
     head = "ours_eager" if args.no_compile else "ours_compiled"
     ours_tok, ours_s, stats, ours_lens, compiles_in_run = best[head]
     eager_tok, eager_s = best["ours_eager"][:2]
@@ -285,7 +306,7 @@ def main() -> None:
         model=f"llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} vocab={args.vocab}",
         params=sum(p.numel() for p in model.parameters()), prompts=args.prompts, group=args.group,
         prompt_len=f"{args.prompt_len // 2}-{args.prompt_len}", max_new_tokens=args.max_new,
-        stop_tokens=args.num_stop, threads=args.threads, repeats=args.repeats, torch=torch.__version__,
+        stop_tokens=args.num_stop, device=args.device, threads=args.threads, repeats=args.repeats, torch=torch.__version__,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"), load_avg_start=round(load_start, 2),
         transformers=transformers.__version__, ours_compiled=not args.no_compile,
         ours_tokens=ours_tok, ours_s=round(ours_s, 3), ours_tok_s=round(ours_tok / ours_s, 1),

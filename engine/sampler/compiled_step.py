@@ -16,7 +16,6 @@ import torch
 from .cpu_linear import cpu_linear_op
 from .custom_ops import define_op, registered_once
 from .kernels import default_kernels
-from .linear_grouping import GroupLinearsOnSharedInput
 
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 
@@ -48,6 +47,22 @@ def _register_paged_attention():
 paged_attention_op = registered_once(_register_paged_attention)
 
 
+def _inductor_options() -> dict[str, Any]:
+    """Inductor settings for a sampler step, those this torch version has (pyproject allows 2.4+)."""
+    import torch._inductor.config as config
+
+    # Inductor's per-call size/stride/alignment asserts (~100 a step) are off: dynamo's guards
+    # already check every input, and the tests compare compiled steps with eager ones (in-process
+    # A/B, 8 paired rollouts: 1-2% faster).
+    options: dict[str, Any] = {k: False for k in ("size_asserts", "alignment_asserts") if hasattr(config, k)}
+    try:  # linear layers on the same input (q/k/v, gate/up) become one grouped kernel call
+        from .linear_grouping import GroupLinearsOnSharedInput
+    except ImportError:  # torch without inductor's custom graph passes: one call per layer
+        return options
+    options["post_grad_custom_post_pass"] = GroupLinearsOnSharedInput()
+    return options
+
+
 def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """`torch.compile(step, dynamic=True)` with a compile cache of its own.
 
@@ -66,13 +81,7 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
         fresh.__kwdefaults__ = fn.__kwdefaults__
         if isinstance(step, types.MethodType):
             fresh = types.MethodType(fresh, step.__self__)
-    # Linear layers on the same input (q/k/v, gate/up) become one grouped kernel call. Inductor's
-    # per-call size/stride/alignment asserts (~100 a step) are off: dynamo's guards already check
-    # every input, and the tests compare compiled steps with eager ones (in-process A/B, 8 paired
-    # rollouts: 1-2% faster).
-    compiled = torch.compile(fresh, dynamic=True,
-                             options={"post_grad_custom_post_pass": GroupLinearsOnSharedInput(),
-                                      "size_asserts": False, "alignment_asserts": False})
+    compiled = torch.compile(fresh, dynamic=True, options=_inductor_options())
 
     def step_with_graph_budget(*args: Any, **kwargs: Any) -> Any:
         # Dynamo specialises sizes 0 and 1 of every varying dimension (tokens, sequences, sampled

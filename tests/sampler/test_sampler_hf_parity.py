@@ -16,15 +16,16 @@ def _prompts(seed, lengths):
 
 
 def _hf_greedy(model, prompts, max_new):
-    """Left-padded batched HF greedy decoding, each row cut after its first EOS."""
+    """Left-padded batched HF greedy decoding on the model's device, each row cut after its first EOS."""
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    device = next(model.parameters()).device
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new,
+        out = model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=max_new,
                              eos_token_id=EOS, pad_token_id=0)
     rows = []
     for row in out[:, width:].tolist():
