@@ -18,6 +18,8 @@ from .custom_ops import define_op, registered_once
 from .kernels import default_kernels
 
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
+# The setting's name: recompile_limit since torch 2.7, cache_size_limit before (pyproject allows 2.4+).
+_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def _register_paged_attention():
@@ -88,7 +90,7 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
         # rows, block-table width) and chance equalities between them, so a sampler with chunked
         # prefill can need more than the default 8 graphs; past the limit dynamo would silently
         # run the step eagerly. The raised limit applies to this step's frame only.
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}):
             return compiled(*args, **kwargs)
 
     return step_with_graph_budget

@@ -6,6 +6,7 @@ time); elsewhere they are skipped with that reason. `tools/gpu_check` runs them 
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import alignkit._sampler as ops
 from alignkit.engine.sampler import Sampler, SamplingParams
@@ -92,7 +93,10 @@ def test_compiled_sampler_matches_eager(cuda_llama):
     params = [SamplingParams(n=3, temperature=0.8, top_k=20, max_new_tokens=6, seed=5),
               SamplingParams(n=1, temperature=0.0, max_new_tokens=16)]
     eager = _flat(Sampler(cuda_llama, block_size=4).generate(prompts[:2], params))
+    graphs = counters["stats"]["unique_graphs"]
     compiled = _flat(Sampler(cuda_llama, block_size=4, compile=True).generate(prompts[:2], params))
+    assert counters["stats"]["unique_graphs"] > graphs  # it really compiled
+    assert len(compiled) == len(eager) == 4
     for (pi, si, toks, lps, fr), (rpi, rsi, rtoks, rlps, rfr) in zip(compiled, eager):
         assert (pi, si, toks, fr) == (rpi, rsi, rtoks, rfr)
         torch.testing.assert_close(torch.tensor(lps), torch.tensor(rlps), atol=1e-5, rtol=0)
