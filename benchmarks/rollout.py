@@ -252,7 +252,8 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-batched-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, all three systems and the peak run")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu or cuda[:N]: where the model, all three systems and the peak run")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best round per system counts")
     ap.add_argument("--skip-baselines", action="store_true", help="only time our sampler (for profiling)")
@@ -308,7 +309,8 @@ def main() -> None:
         model=f"llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} vocab={args.vocab}",
         params=sum(p.numel() for p in model.parameters()), prompts=args.prompts, group=args.group,
         prompt_len=f"{args.prompt_len // 2}-{args.prompt_len}", max_new_tokens=args.max_new,
-        stop_tokens=args.num_stop, device=args.device, dtype="float32", threads=args.threads, repeats=args.repeats, torch=torch.__version__,
+        stop_tokens=args.num_stop, device=args.device, dtype="float32", threads=args.threads,
+        repeats=args.repeats, torch=torch.__version__,
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"), load_avg_start=round(load_start, 2),
         transformers=transformers.__version__, ours_compiled=not args.no_compile,
         ours_tokens=ours_tok, ours_s=round(ours_s, 3), ours_tok_s=round(ours_tok / ours_s, 1),

@@ -36,21 +36,26 @@ import torch.nn.functional as F
 from .custom_ops import define_op, registered_once
 from .kernels import as_capsule
 
-_kernels: dict[str, Callable[..., None]] = {}  # alignkit._sampler.linear / linear_kn / linear_group, imported on first use
+_kernels: dict[str, Callable[..., None]] = {}  # alignkit._sampler's linear kernels, by name (_kernel)
 
 
-def _run(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-         out_features: int) -> torch.Tensor:
-    """The extension's `name` kernel on x [..., in] -> [..., out_features]."""
+def _kernel(name: str) -> Callable[..., None]:
+    """The extension's `name` kernel (alignkit._sampler, imported on first use)."""
     kernel = _kernels.get(name)
     if kernel is None:
         import alignkit._sampler as ext
 
         kernel = _kernels[name] = getattr(ext, name)
+    return kernel
+
+
+def _run(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+         out_features: int) -> torch.Tensor:
+    """The extension's `name` kernel on x [..., in] -> [..., out_features]."""
     rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     out = rows.new_empty((rows.shape[0], out_features))
     # Called once per layer per step: the extension directly, tensors as DLPack capsules (kernels.py).
-    kernel(as_capsule(out), as_capsule(rows.contiguous()), as_capsule(weight), as_capsule(bias))
+    _kernel(name)(as_capsule(out), as_capsule(rows.contiguous()), as_capsule(weight), as_capsule(bias))
     return out if x.dim() == 2 else out.view(*x.shape[:-1], out_features)
 
 
@@ -67,20 +72,15 @@ def _cpu_linear_kn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _cpu_linear_group(x: torch.Tensor, weights: list[torch.Tensor],
                       biases: list[torch.Tensor | None]) -> list[torch.Tensor]:
     """[x @ w.T (+ b) for each layer] in one kernel call (layers on the same input: q/k/v, gate/up)."""
-    kernel = _kernels.get("linear_group")
-    if kernel is None:
-        import alignkit._sampler as ext
-
-        kernel = _kernels["linear_group"] = ext.linear_group
     rows = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
     outs = [rows.new_empty((rows.shape[0], w.shape[0])) for w in weights]
-    kernel([as_capsule(o) for o in outs], as_capsule(rows), [as_capsule(w) for w in weights],
-           [as_capsule(b) for b in biases])
+    _kernel("linear_group")([as_capsule(o) for o in outs], as_capsule(rows), [as_capsule(w) for w in weights],
+                            [as_capsule(b) for b in biases])
     return outs if x.dim() == 2 else [o.view(*x.shape[:-1], o.shape[1]) for o in outs]
 
 
 def _register_cpu_linear() -> Any:
-    """`torch.ops.alignkit.cpu_linear`, `cpu_linear_kn` and `cpu_linear_group`, registered by the first `cpu_linear_op()` call."""
+    """`torch.ops.alignkit.cpu_linear`, `cpu_linear_kn` and `cpu_linear_group` (on the first `cpu_linear_op()` call)."""
     schema = "(Tensor x, Tensor weight, Tensor? bias) -> Tensor"
 
     def fake_kn(x, weight, bias):
