@@ -1,7 +1,7 @@
 // Python bindings of BlockAllocator, Scheduler, StepPlan and Finished.
 //
-// StepPlan fields are zero-copy numpy views that keep the plan alive
-// (rv_policy::reference_internal); torch.from_numpy wraps them without a copy.
+// StepPlan fields are zero-copy torch tensors over the plan's vectors that keep the plan alive
+// (rv_policy::reference_internal): the sampler needs only torch, not numpy.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -16,7 +16,7 @@ namespace alignkit {
 namespace {
 
 template <class T>
-using Vec1 = nb::ndarray<nb::numpy, T, nb::ndim<1>>;
+using Vec1 = nb::ndarray<nb::pytorch, T, nb::ndim<1>>;
 
 template <class T>
 Vec1<T> view1(std::vector<T>& v) {
@@ -42,7 +42,7 @@ void bind_scheduler(nb::module_& m) {
       .def_prop_ro("num_blocks", &BlockAllocator::num_blocks, "Total blocks.")
       .def_prop_ro("block_size", &BlockAllocator::block_size, "Tokens per block.");
 
-  auto plan = nb::class_<StepPlan>(m, "StepPlan", "Work for one forward step (numpy views; apply copies first).");
+  auto plan = nb::class_<StepPlan>(m, "StepPlan", "Work for one forward step (zero-copy torch tensors that keep the plan alive; apply copies first).");
   field(plan, "input_ids", &StepPlan::input_ids, "int64 [T] token ids of the step, sequences packed.");
   field(plan, "positions", &StepPlan::positions, "int64 [T] position of each token in its sequence.");
   field(plan, "slot_mapping", &StepPlan::slot_mapping, "int64 [T] cache slot (block * block_size + offset).");
@@ -50,7 +50,7 @@ void bind_scheduler(nb::module_& m) {
       "block_tables",
       [](StepPlan& p) {
         if (p.block_tables.empty()) p.block_tables.reserve(1);
-        return nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(
+        return nb::ndarray<nb::pytorch, int32_t, nb::ndim<2>>(
             p.block_tables.data(), {static_cast<size_t>(p.num_seqs), static_cast<size_t>(p.max_blocks)}, nb::handle());
       },
       nb::rv_policy::reference_internal, "int32 [S, max_blocks] block ids per scheduled sequence (padded with 0).");
@@ -92,6 +92,17 @@ void bind_scheduler(nb::module_& m) {
       .def("schedule", &Scheduler::schedule, "Plan the next forward step.")
       .def("update", &Scheduler::update, "sample_seq_ids"_a, "tokens"_a, "logprobs"_a, "raw_logprobs"_a,
            "Append one sampled token per plan row; returns the samples that finished.")
+      // The same with the plan's own sample_seq_ids tensor passed back as it is (a list is faster).
+      .def(
+          "update",
+          [](Scheduler& s, nb::ndarray<const int64_t, nb::ndim<1>, nb::device::cpu> ids,
+             const std::vector<int64_t>& tokens, const std::vector<float>& logprobs,
+             const std::vector<float>& raw_logprobs) {
+            std::vector<int64_t> seq_ids(ids.shape(0));
+            for (size_t i = 0; i < seq_ids.size(); ++i) seq_ids[i] = ids(i);
+            return s.update(seq_ids, tokens, logprobs, raw_logprobs);
+          },
+          "sample_seq_ids"_a, "tokens"_a, "logprobs"_a, "raw_logprobs"_a)
       .def("check_invariants", &Scheduler::check_invariants, "Raise RuntimeError if block bookkeeping is inconsistent.")
       .def("has_unfinished", &Scheduler::has_unfinished, "True while any group has samples left.")
       .def_prop_ro("num_waiting", &Scheduler::num_waiting, "Sequences waiting for admission (incl. preempted).")

@@ -27,8 +27,10 @@ class SamplingParams:
     temperature 0 both are at temperature 1.
 
     A stop token / stop sequence that ends a completion is kept in its `token_ids`.
-    `seed=None` draws a fresh seed per `generate` call; a fixed seed gives the same tokens
-    whatever the batch size, batch composition or preemption.
+    `seed=None` draws a fresh seed per `generate` call (from torch's RNG); a fixed seed gives
+    the same tokens whatever the batch size, the preemptions or the other prompts of the call.
+    The draws are keyed by (seed, the prompt's index in the call, sample id, position), so the
+    prompts of one call never share draws and a prompt at another index samples differently.
     """
 
     n: int = 1

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from .attention import PagedAttention
@@ -29,13 +29,15 @@ def _mix_seed(seed: int, index: int) -> int:
 
 
 def _as_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
-    # Scheduler arrays arrive as numpy (zero-copy) or, for some fields, as lists.
-    if isinstance(x, np.ndarray):
-        t = torch.from_numpy(x)
-        return t if t.dtype == dtype else t.to(dtype)
+    # Scheduler arrays arrive as zero-copy tensors (a stand-in scheduler may give lists).
     if isinstance(x, torch.Tensor):
-        return x.to(dtype)
-    return torch.as_tensor(np.asarray(x), dtype=dtype)
+        return x if x.dtype == dtype else x.to(dtype)
+    return torch.as_tensor(x, dtype=dtype)
+
+
+def _is_array(x: Any) -> bool:
+    """A tensor or a numpy array (recognised without importing numpy: the sampler needs only torch)."""
+    return isinstance(x, torch.Tensor) or (hasattr(x, "__array__") and hasattr(x, "tolist"))
 
 
 @dataclass
@@ -71,8 +73,8 @@ class Sampler:
     compile: run each model step through `torch.compile` (inductor, dynamic shapes). The paged
       attention becomes one graph node (`torch.ops.alignkit.paged_attention`), so the norms,
       rotary embeddings and activations between the matmuls are fused instead of dispatched op by
-      op: the forward alone is 1.3-1.6x faster at batch 16-56 on a small model on CPU, though a
-      whole CPU rollout there is within ~10% of eager (attention and GEMMs dominate). The first
+      op: the forward alone is 1.3-1.6x faster at batch 16-56 on a small model on CPU, a whole
+      CPU rollout there 1.1-1.2x (attention and the linear kernels dominate). The first
       steps pay a one-off compile (tens of seconds: a few graphs, for multi-sequence steps and for
       a lone sequence).
       Worth it for RL runs that sample every step; off by default. Needs a C++ compiler on CPU.
@@ -164,7 +166,7 @@ class Sampler:
                             " (tokenize text first)")
         if len(prompt_token_ids) == 0:
             raise ValueError("prompt_token_ids is empty: pass at least one prompt")
-        if all(isinstance(t, (int, np.integer)) for t in prompt_token_ids):
+        if all(isinstance(t, numbers.Integral) for t in prompt_token_ids):  # numpy ints are Integral too
             raise TypeError("prompt_token_ids is a flat list of ints; pass a list of prompts, e.g. [prompt_ids]")
         if isinstance(params, SamplingParams):
             plist = [params] * len(prompt_token_ids)
@@ -178,7 +180,7 @@ class Sampler:
         vocab, max_ctx = self.runner.vocab_size, self.runner.max_context
         prompts = []
         for i, (p, sp) in enumerate(zip(prompt_token_ids, plist)):
-            if isinstance(p, (torch.Tensor, np.ndarray)):
+            if _is_array(p):
                 p = p.tolist()
             if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
                 raise TypeError(f"prompt {i} is a {type(p).__name__}; expected a list of token ids")
@@ -337,7 +339,7 @@ class Sampler:
         stats.forward_tokens += input_ids.numel()
         stats.sampled_tokens += rows
         stats.max_batch_seqs = max(stats.max_batch_seqs, attn.context_lens.numel())
-        return sched.update(plan.sample_seq_ids, tokens.tolist(), lps.tolist(), raw.tolist())
+        return sched.update(plan.sample_seq_ids.tolist(), tokens.tolist(), lps.tolist(), raw.tolist())
 
     @staticmethod
     def _to_device(attn: PagedAttention, device: torch.device) -> PagedAttention:

@@ -1,16 +1,34 @@
-"""Scheduler: block bookkeeping, KV layout, budgets and outputs under random workloads (hypothesis)."""
+"""Scheduler: block bookkeeping, KV layout, budgets and outputs under random workloads, groups arriving mid-run."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+import torch
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 import alignkit._sampler as ops
 
 VOCAB = 6  # tiny, so stop tokens and stop sequences actually occur
+
+
+class NumpyPlan:
+    """A StepPlan with its fields as numpy arrays (views of the plan's zero-copy tensors), for numpy-style asserts."""
+
+    def __init__(self, plan):
+        self._plan = plan
+
+    def __getattr__(self, name):
+        value = getattr(self._plan, name)
+        return value.numpy() if isinstance(value, torch.Tensor) else value
+
+
+def schedule(sched) -> NumpyPlan:
+    """sched.schedule(), fields as numpy."""
+    return NumpyPlan(sched.schedule())
 
 
 def fake_token(seed: int, sample_id: int, position: int) -> int:
@@ -49,20 +67,35 @@ class KVModel:
         return [self.slots[table[p // self.bs] * self.bs + p % self.bs] for p in range(n)]
 
 
-def drive(num_blocks, bs, max_seqs, max_tokens, groups):
-    """Runs the scheduler to completion with fake_token, checking every step; returns (outputs, stats)."""
+def drive(num_blocks, bs, max_seqs, max_tokens, groups, arrivals=None):
+    """Runs the scheduler to completion with fake_token, checking every step; returns (outputs, stats).
+
+    arrivals[gid] (non-decreasing, in half-steps) is when group gid is added: 2k before step k's
+    schedule(), 2k + 1 between its schedule() and update(). Default: all before the first step. A
+    group due later is added at once when the scheduler runs dry (no idle steps).
+    """
     sched = ops.Scheduler(num_blocks, bs, max_seqs, max_tokens)
-    for gid, (prompt, n, max_new, stop_ids, stop_seqs, seed) in enumerate(groups):
-        sched.add_group(gid, prompt, n, max_new, stop_ids, stop_seqs, seed)
+    arrivals = arrivals or [0] * len(groups)
+    added = 0
+
+    def add_due(now):
+        nonlocal added
+        while added < len(groups) and (arrivals[added] <= now or not sched.has_unfinished()):
+            prompt, n, max_new, stop_ids, stop_seqs, seed = groups[added]
+            sched.add_group(added, prompt, n, max_new, stop_ids, stop_seqs, seed)
+            added += 1
+
     kv = KVModel(num_blocks, bs)
     seq_tokens: dict[int, list[int]] = {}  # seq id -> prompt + generated, learned from sample rows
     outputs: dict[tuple[int, int], tuple] = {}
-    forward_tokens = prefill_tokens = steps = 0
+    forward_tokens = prefill_tokens = mixed_steps = steps = 0
+    add_due(0)
     while sched.has_unfinished():
         steps += 1
         assert steps < 20_000, "no progress"
-        plan = sched.schedule()
+        plan = schedule(sched)
         sched.check_invariants()
+        add_due(2 * steps - 1)  # arrivals while the step's forward would run
         T, S = len(plan.input_ids), len(plan.context_lens)
         assert 0 < T <= max_tokens, "empty step with work pending, or token budget exceeded"
         assert S <= max_seqs
@@ -76,6 +109,7 @@ def drive(num_blocks, bs, max_seqs, max_tokens, groups):
                 assert sl == bt[s, p // bs] * bs + p % bs
         kv.copy(plan.copy_src, plan.copy_dst)  # copies first, then this step's writes
         kv.write(plan.slot_mapping, plan.positions, plan.input_ids)
+        has_decode = False
         for r, (row, sid) in enumerate(zip(plan.logits_indices, plan.sample_seq_ids)):
             s = int(np.searchsorted(qsl, row, side="right") - 1)
             assert row == qsl[s + 1] - 1, "a sample must come from its sequence's last token"
@@ -84,8 +118,11 @@ def drive(num_blocks, bs, max_seqs, max_tokens, groups):
             assert plan.sample_positions[r] == len(toks) == plan.context_lens[s]
             # What attention reads for this sequence is exactly its own history.
             assert kv.read(bt[s], len(toks)) == list(enumerate(toks))
+            # A decode: one query token that is a generated one fed back.
+            has_decode |= int(qsl[s + 1] - qsl[s]) == 1 and len(toks) > len(groups[gid][0])
         forward_tokens += T
         prefill_tokens += plan.num_prefill_tokens
+        mixed_steps += int(plan.num_prefill_tokens > 0 and has_decode)
         tokens = [fake_token(int(sd), int(si), int(p)) for sd, si, p in
                   zip(plan.sample_seeds, plan.sample_ids, plan.sample_positions)]
         for sid, t in zip(plan.sample_seq_ids, tokens):
@@ -96,11 +133,13 @@ def drive(num_blocks, bs, max_seqs, max_tokens, groups):
             key = (f.group_id, f.sample_id)
             assert key not in outputs
             outputs[key] = (list(f.token_ids), f.finish_reason, list(f.logprobs), list(f.raw_logprobs))
+        add_due(2 * steps)
+    assert added == len(groups)
     a = sched.allocator
     assert a.num_free == num_blocks and all(a.refcount(b) == 0 for b in range(num_blocks)), "leaked blocks"
     assert sched.num_running == 0 and sched.num_waiting == 0
     return outputs, dict(forward_tokens=forward_tokens, prefill_tokens=prefill_tokens,
-                         preemptions=sched.num_preemptions)
+                         preemptions=sched.num_preemptions, mixed_steps=mixed_steps)
 
 
 def check_outputs(groups, outputs, stats):
@@ -142,6 +181,22 @@ def test_random_workloads_keep_invariants_and_produce_the_closed_form_outputs(gr
     check_outputs(groups, outputs, stats)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workload=st.lists(st.tuples(group_st, st.integers(0, 7)), min_size=2, max_size=6), bs=st.integers(1, 4),
+       max_seqs=st.integers(1, 6), max_tokens=st.integers(1, 24), spare_blocks=st.integers(0, 8))
+def test_groups_added_mid_run_keep_invariants_and_produce_the_closed_form_outputs(workload, bs, max_seqs,
+                                                                                  max_tokens, spare_blocks):
+    # Continuous batching: each group arrives 0-7 half-steps after the previous one, so it lands
+    # among running decodes and prefills (and between schedule() and update() at odd times).
+    groups = [g for g, _ in workload]
+    times = list(itertools.accumulate(gap for _, gap in workload))
+    longest = max(-(-(len(p) + m - 1) // bs) for p, _, m, *_ in groups)
+    outputs, stats = drive(longest + spare_blocks, bs, max_seqs, max_tokens, groups, arrivals=times)
+    check_outputs(groups, outputs, stats)
+    event(f"preempted: {stats['preemptions'] > 0}")
+    event(f"a step mixed decodes and a prefill: {stats['mixed_steps'] > 0}")
+
+
 def test_a_roomy_cache_never_preempts_and_prefills_each_prompt_once():
     rng = random.Random(0)
     groups = [([rng.randrange(VOCAB) for _ in range(rng.randint(1, 30))], rng.randint(1, 8), rng.randint(1, 12), [],
@@ -162,14 +217,14 @@ def test_a_tight_cache_preempts_and_still_gives_the_same_outputs():
 def test_fork_shares_full_prompt_blocks_and_copies_the_partial_one():
     sched = ops.Scheduler(num_blocks=16, block_size=4, max_num_seqs=8, max_num_batched_tokens=64)
     sched.add_group(0, [1, 2, 3, 4, 5, 1], n=3, max_new_tokens=5, seed=0)  # 6 tokens: 1 full + 1 partial block
-    plan = sched.schedule()
+    plan = schedule(sched)
     assert len(plan.input_ids) == 6 and plan.num_prefill_tokens == 6
     assert list(plan.logits_indices) == [5, 5, 5] and list(plan.sample_ids) == [0, 1, 2]
     full, partial = plan.block_tables[0, :2]
     assert sched.allocator.refcount(full) == 3 and sched.allocator.refcount(partial) == 3
     assert sched.allocator.num_free == 14
     sched.update(plan.sample_seq_ids, [0, 0, 0], [0.0] * 3, [0.0] * 3)
-    plan = sched.schedule()
+    plan = schedule(sched)
     # Two of the three samples copy the shared partial block; the last holder writes in place.
     assert len(plan.copy_src) == 2 and set(plan.copy_src) == {partial}
     assert len(set(plan.copy_dst)) == 2 and partial not in set(plan.copy_dst)
@@ -179,12 +234,41 @@ def test_fork_shares_full_prompt_blocks_and_copies_the_partial_one():
     sched.check_invariants()
 
 
+def test_one_step_mixes_decodes_and_a_prefill_chunk_within_the_token_budget():
+    sched = ops.Scheduler(num_blocks=16, block_size=4, max_num_seqs=8, max_num_batched_tokens=8)
+    sched.add_group(0, [1, 2, 3], n=2, max_new_tokens=6, seed=0)
+    plan = schedule(sched)
+    assert plan.num_prefill_tokens == 3 and len(plan.sample_seq_ids) == 2
+    sched.update(plan.sample_seq_ids, [5, 4], [0.0] * 2, [0.0] * 2)
+    sched.add_group(1, [1, 1, 2, 2, 3, 3, 4, 4, 5], n=1, max_new_tokens=4, seed=1)  # arrives while 0 decodes
+
+    plan = schedule(sched)
+    # Decodes first (the two samples feed back their generated tokens at position 3), then the new
+    # prompt fills what the budget leaves: 6 of its 9 tokens, exactly 8 tokens in all.
+    assert len(plan.input_ids) == 8  # the whole budget, and no more
+    assert list(np.diff(plan.query_start_loc)) == [1, 1, 6]
+    assert list(plan.input_ids[:2]) == [5, 4] and list(plan.positions[:2]) == [3, 3]
+    assert list(plan.input_ids[2:]) == [1, 1, 2, 2, 3, 3] and list(plan.positions[2:]) == list(range(6))
+    assert plan.num_prefill_tokens == 6
+    # Only the decodes sample; a prefill chunk that stops short of the prompt's end yields nothing.
+    assert list(plan.logits_indices) == [0, 1] and list(plan.sample_group_ids) == [0, 0]
+    assert list(plan.sample_positions) == [4, 4]
+    sched.update(plan.sample_seq_ids, [0, 0], [0.0] * 2, [0.0] * 2)
+
+    plan = schedule(sched)
+    # The prefill's last 3 tokens ride along with the next decodes and the new group samples at once.
+    assert list(np.diff(plan.query_start_loc)) == [1, 1, 3] and plan.num_prefill_tokens == 3
+    assert list(plan.positions[2:]) == [6, 7, 8]
+    assert list(plan.logits_indices) == [0, 1, 4] and list(plan.sample_group_ids) == [0, 0, 1]
+    sched.check_invariants()
+
+
 def test_a_group_larger_than_max_num_seqs_decodes_in_turns():
     sched = ops.Scheduler(num_blocks=32, block_size=4, max_num_seqs=2, max_num_batched_tokens=8)
     sched.add_group(0, [1, 2, 3], n=5, max_new_tokens=3, seed=0)
     done, steps = [], 0
     while sched.has_unfinished():
-        plan = sched.schedule()
+        plan = schedule(sched)
         assert len(plan.context_lens) <= 2
         done += sched.update(plan.sample_seq_ids, [1] * len(plan.sample_seq_ids), [0.0] * len(plan.sample_seq_ids),
                              [0.0] * len(plan.sample_seq_ids))
@@ -211,9 +295,9 @@ def test_add_group_rejects_bad_requests(kwargs, match):
 def test_update_and_schedule_misuse_raise():
     sched = ops.Scheduler(num_blocks=8, block_size=4, max_num_seqs=4, max_num_batched_tokens=16)
     sched.add_group(0, [1, 2], 2, 4, [], [], 0)
-    plan = sched.schedule()
+    plan = schedule(sched)
     with pytest.raises(RuntimeError, match="call update"):
-        sched.schedule()
+        schedule(sched)
     with pytest.raises(ValueError, match="same length"):
         sched.update(plan.sample_seq_ids, [1], [0.0], [0.0])
     with pytest.raises(ValueError, match="asked for 2"):
@@ -226,3 +310,17 @@ def test_update_and_schedule_misuse_raise():
     sched.check_invariants()
     with pytest.raises(ValueError, match="max_num_seqs must be >= 1"):
         ops.Scheduler(8, 4, 0, 16)
+
+
+def test_plan_fields_are_zero_copy_tensors_that_keep_the_plan_alive():
+    sched = ops.Scheduler(num_blocks=8, block_size=4, max_num_seqs=4, max_num_batched_tokens=16)
+    sched.add_group(0, [1, 2, 3, 4, 5], n=2, max_new_tokens=3, seed=0)
+    plan = sched.schedule()
+    ids, tables = plan.input_ids, plan.block_tables
+    assert isinstance(ids, torch.Tensor) and ids.dtype == torch.int64 and tables.dtype == torch.int32
+    assert ids.data_ptr() == plan.input_ids.data_ptr()  # the plan's own memory, not a copy per access
+    del plan
+    import gc
+    gc.collect()
+    sched.add_group(1, [9] * 7, n=1, max_new_tokens=2, seed=0)  # allocations that would reuse freed memory
+    assert ids.tolist() == [1, 2, 3, 4, 5] and tables.shape == (1, 2)

@@ -7,12 +7,15 @@ from alignkit.engine.sampler import Sampler, SamplingParams
 
 from .tiny_models import VOCAB
 
-PARAMS = SamplingParams(n=3, temperature=1.0, top_k=40, top_p=0.95, min_p=0.01, max_new_tokens=14, seed=123)
+# 6 prompts x 12 samples = 72 sequences: more than the largest batch size tested (64), so every
+# configuration below really limits the batch.
+PARAMS = SamplingParams(n=12, temperature=1.0, top_k=40, top_p=0.95, min_p=0.01, max_new_tokens=14, seed=123)
+NUM_SEQS = 6 * 12
 
 
 def _prompts():
     g = torch.Generator().manual_seed(3)
-    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9)]
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (7, 13, 4, 9, 11, 5)]
 
 
 def _flat(groups):
@@ -22,19 +25,23 @@ def _flat(groups):
 
 @pytest.fixture(scope="module")
 def reference(llama):
-    return _flat(Sampler(llama, block_size=4, max_num_seqs=64).generate(_prompts(), PARAMS))
+    # Every sequence in one batch: a configuration none of the tests below uses.
+    sampler = Sampler(llama, block_size=4, max_num_seqs=256)
+    flat = _flat(sampler.generate(_prompts(), PARAMS))
+    assert sampler.last_stats.max_batch_seqs == NUM_SEQS
+    return flat
 
 
 @pytest.mark.parametrize("config", [
     dict(max_num_seqs=1, max_num_batched_tokens=5),   # one sequence at a time (groups split), prefill chunks of 5
     dict(max_num_seqs=7, max_num_batched_tokens=16),
     dict(max_num_seqs=64, max_num_batched_tokens=2048),
-    dict(max_num_seqs=64, kv_cache_tokens=48),         # 12 blocks of 4 for 12 sequences: preempts
+    dict(max_num_seqs=64, kv_cache_tokens=48),         # 12 blocks of 4 for 72 sequences: preempts
 ], ids=["bs1", "bs7", "bs64", "tiny_kv"])
 def test_same_seed_same_samples_across_batch_sizes_and_preemption(llama, reference, config):
     sampler = Sampler(llama, block_size=4, **config)
     got = _flat(sampler.generate(_prompts(), PARAMS))
-    assert len(got) == len(reference) == 4 * 3
+    assert len(got) == len(reference) == NUM_SEQS
     for (pi, si, toks, lps, fr), (rpi, rsi, rtoks, rlps, rfr) in zip(got, reference):
         assert (pi, si, toks, fr) == (rpi, rsi, rtoks, rfr)
         torch.testing.assert_close(torch.tensor(lps), torch.tensor(rlps), atol=1e-5, rtol=0)
@@ -42,12 +49,16 @@ def test_same_seed_same_samples_across_batch_sizes_and_preemption(llama, referen
         assert sampler.last_stats.preemptions > 0, "the tiny KV budget was meant to force preemption"
     else:
         assert sampler.last_stats.preemptions == 0
-    assert sampler.last_stats.max_batch_seqs <= config["max_num_seqs"]
+    assert sampler.last_stats.max_batch_seqs <= config["max_num_seqs"] < NUM_SEQS
+    if "kv_cache_tokens" not in config:
+        # The batch size, not memory, bound the run; groups are admitted whole, so the largest
+        # batch is within one group of the limit.
+        assert sampler.last_stats.max_batch_seqs > config["max_num_seqs"] - PARAMS.n
 
 
 def test_samples_of_a_group_differ_and_a_new_seed_changes_them(llama, reference):
     by_prompt0 = [toks for pi, _, toks, _, _ in reference if pi == 0]
-    assert len({tuple(t) for t in by_prompt0}) > 1, "the 4 samples of one prompt should not all coincide"
+    assert len({tuple(t) for t in by_prompt0}) > 1, "the 12 samples of one prompt should not all coincide"
     other = _flat(Sampler(llama, block_size=4).generate(_prompts(), PARAMS.__class__(
         **{**PARAMS.__dict__, "seed": 124})))
     assert [t for _, _, t, _, _ in other] != [t for _, _, t, _, _ in reference]
@@ -108,3 +119,31 @@ def test_stream_leaves_autograd_on_between_samples_and_guards_its_cache(llama):
     it.close()
     assert len(sampler.generate([[5, 6]], SamplingParams(max_new_tokens=2))[0].samples[0].token_ids) == 2
     assert len(first.token_ids) >= 1
+
+
+def test_a_prompts_samples_depend_on_its_index_in_the_call_not_on_the_other_prompts(llama):
+    # The draws are keyed by (seed, prompt index in the call, sample id, position): the other
+    # prompts of the call never change them, while two prompts of one call never share draws.
+    a, b, c = _prompts()[:3]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=7)
+    sampler = Sampler(llama, block_size=4)
+
+    def tokens(prompts):
+        return [[s.token_ids for s in g.samples] for g in sampler.generate(prompts, params)]
+
+    ab, ac, cb, b_alone = tokens([a, b]), tokens([a, c]), tokens([c, b]), tokens([b])
+    assert ab[0] == ac[0] and ab[1] == cb[1]
+    assert ab[1] != b_alone[0], "at another index the same prompt takes other draws"
+
+
+@pytest.mark.parametrize("max_num_seqs, prefills", [(64, 1), (2, 3)], ids=["whole_group", "split_in_3"])
+def test_a_group_prefills_its_prompt_once_per_batch_of_samples(llama, max_num_seqs, prefills):
+    # Tokens through the model = each prompt once (its n samples share the prefill, forked) plus one
+    # decode token per sampled token after the first. A group larger than max_num_seqs runs in
+    # chunks of max_num_seqs samples, each prefilled once: n=5 at 2 a batch is 3 prefills.
+    prompts = _prompts()[:2]
+    sampler = Sampler(llama, block_size=4, max_num_seqs=max_num_seqs)
+    groups = sampler.generate(prompts, SamplingParams(n=5, temperature=1.0, max_new_tokens=6, seed=1))
+    decode = sum(len(s.token_ids) - 1 for g in groups for s in g.samples)
+    assert sampler.last_stats.preemptions == 0
+    assert sampler.last_stats.forward_tokens == prefills * sum(map(len, prompts)) + decode
