@@ -2,17 +2,25 @@
 #include "alignkit/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
 namespace alignkit {
 namespace {
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+/// num_blocks, checked before the allocator is built: block tables hold int32 ids (the kernels' layout).
+int64_t table_addressable(int64_t num_blocks) {
+  if (num_blocks > std::numeric_limits<int32_t>::max())
+    bad("Scheduler: num_blocks must be < 2**31 (block tables are int32), got " + std::to_string(num_blocks));
+  return num_blocks;
+}
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 Scheduler::Scheduler(int64_t num_blocks, int64_t block_size, int64_t max_num_seqs, int64_t max_num_batched_tokens)
-    : alloc_(num_blocks, block_size),
+    : alloc_(table_addressable(num_blocks), block_size),
       block_size_(block_size),
       max_num_seqs_(max_num_seqs),
       max_num_batched_tokens_(max_num_batched_tokens) {
@@ -32,6 +40,10 @@ void Scheduler::add_group(int64_t group_id, const std::vector<int64_t>& prompt, 
     if (t < 0) bad(who + "prompt token id " + std::to_string(t) + " is negative");
   for (const auto& s : stop_sequences)
     if (s.empty()) bad(who + "an empty stop sequence would stop at once; remove it");
+  // Finished samples are reported by (group_id, sample_id): two live groups with one id could not be told apart.
+  for (const auto& [id, seq] : seqs_)
+    if (seq->group->id == group_id)
+      bad(who + "a group with this id has unfinished samples; give every live group its own id");
   // The longest sequence computes prompt + max_new_tokens - 1 tokens (the last one is never fed back).
   const int64_t need = ceil_div(static_cast<int64_t>(prompt.size()) + max_new_tokens - 1, block_size_);
   if (need > alloc_.num_blocks())

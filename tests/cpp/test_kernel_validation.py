@@ -1,6 +1,13 @@
-"""Every kernel binding rejects bad arrays (dtype, device, shape, layout, index values) with a Python exception."""
+"""Every kernel binding rejects bad arrays (dtype, device, shape, layout, index values) with a Python exception.
+
+The matrix below perturbs one array argument at a time; for a list argument (linear_group's
+`outs`, `weights`, `biases`) every element is perturbed on its own and the error must name that
+element (`weights[1]`), so a check that only looked at the first layer would be caught.
+"""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -46,13 +53,49 @@ def _linear_kn():
     return dict(out=torch.empty(3, 5), x=torch.randn(3, 8), weight=torch.randn(8, 5), bias=torch.randn(5))
 
 
+def _linear_group():
+    # Two layers of different widths (5 and 4), each with a bias: every list position holds an array.
+    return dict(outs=[torch.empty(3, 5), torch.empty(3, 4)], x=torch.randn(3, 8),
+                weights=[torch.randn(5, 8), torch.randn(4, 8)], biases=[torch.randn(5), torch.randn(4)])
+
+
 BINDINGS = {"write_kv": _write_kv, "copy_blocks": _copy_blocks, "paged_attention": _paged_attention, "sample": _sample,
-            "linear": _linear, "linear_kn": _linear_kn}
-ARRAYS = [(fn, name) for fn, make in BINDINGS.items() for name, v in make().items() if isinstance(v, torch.Tensor)]
+            "linear": _linear, "linear_kn": _linear_kn, "linear_group": _linear_group}
+
+
+def _array_names(kwargs):
+    """Each array argument by the name the binding reports: `x`, or `outs[1]` for an element of a list."""
+    for name, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            yield name
+        elif isinstance(v, list):
+            yield from (f"{name}[{i}]" for i, e in enumerate(v) if isinstance(e, torch.Tensor))
+
+
+ARRAYS = [(fn, name) for fn, make in BINDINGS.items() for name in _array_names(make())]
+
+
+def _get(kw, name):  # kw["outs"][1] for "outs[1]"
+    arg, _, index = name.partition("[")
+    return kw[arg][int(index[:-1])] if index else kw[arg]
+
+
+def _set(kw, name, value):
+    arg, _, index = name.partition("[")
+    if index:
+        kw[arg][int(index[:-1])] = value
+    else:
+        kw[arg] = value
 
 
 def _call(fn, kwargs):
     return getattr(ops, fn)(**kwargs)
+
+
+def test_the_matrix_reaches_every_element_of_the_list_arguments():
+    # The perturbation tests below are parametrized by ARRAYS: a layer missing here is a layer unchecked.
+    assert [n for f, n in ARRAYS if f == "linear_group"] == [
+        "outs[0]", "outs[1]", "x", "weights[0]", "weights[1]", "biases[0]", "biases[1]"]
 
 
 @pytest.mark.parametrize("fn", BINDINGS)
@@ -63,8 +106,9 @@ def test_valid_arguments_are_accepted(fn):
 @pytest.mark.parametrize("fn, name", ARRAYS)
 def test_wrong_dtype_raises_type_error_naming_the_argument(fn, name):
     kw = BINDINGS[fn]()
-    kw[name] = kw[name].to(torch.float64 if kw[name].is_floating_point() else torch.int16)
-    with pytest.raises(TypeError, match=rf"{fn}: `{name}` must have dtype"):
+    x = _get(kw, name)
+    _set(kw, name, x.to(torch.float64 if x.is_floating_point() else torch.int16))
+    with pytest.raises(TypeError, match=rf"{fn}: `{re.escape(name)}` must have dtype"):
         _call(fn, kw)
 
 
@@ -79,38 +123,43 @@ def test_float_tensor_dtype_must_match_the_cache(fn, name):
 @pytest.mark.parametrize("fn, name", ARRAYS)
 def test_wrong_ndim_or_size_raises_value_error(fn, name):
     kw = BINDINGS[fn]()
-    kw[name] = kw[name][None]  # one extra leading dimension
-    with pytest.raises(ValueError, match=rf"`{name}` must be \d-D"):
+    _set(kw, name, _get(kw, name)[None])  # one extra leading dimension
+    with pytest.raises(ValueError, match=rf"`{re.escape(name)}` must be \d-D"):
         _call(fn, kw)
     kw = BINDINGS[fn]()
-    x = kw[name]
-    kw[name] = torch.cat([x, x[:1]])  # one row too many: disagrees with the arrays it must match
-    with pytest.raises(ValueError, match=rf"`\w+` must have shape .* got"):
+    x = _get(kw, name)
+    _set(kw, name, torch.cat([x, x[:1]]))  # one row too many: disagrees with the arrays it must match
+    with pytest.raises(ValueError, match=r"`[\w\[\]]+` must have shape .* got") as err:
         _call(fn, kw)
+    if "[" in name:  # a layer's size error points at that layer (itself, or its output's hint), not a neighbour
+        assert name in str(err.value)
 
 
 @pytest.mark.parametrize("fn, name", ARRAYS)
 def test_non_contiguous_input_raises_value_error(fn, name):
     kw = BINDINGS[fn]()
-    x = kw[name]
-    kw[name] = torch.stack([x, x], dim=-1)[..., 0]  # same shape and values, last-dim stride 2
-    assert not kw[name].is_contiguous()
-    with pytest.raises(ValueError, match=rf"`{name}` must be contiguous"):
+    x = _get(kw, name)
+    _set(kw, name, torch.stack([x, x], dim=-1)[..., 0])  # same shape and values, last-dim stride 2
+    assert not _get(kw, name).is_contiguous()
+    with pytest.raises(ValueError, match=rf"`{re.escape(name)}` must be contiguous"):
         _call(fn, kw)
 
 
 @pytest.mark.parametrize("fn, name", ARRAYS)
 def test_a_tensor_on_another_device_raises(fn, name):
     kw = BINDINGS[fn]()
-    kw[name] = FakeCudaTensor(kw[name])  # claims cuda:0 (DLPack kDLCUDA) while the rest is on the CPU
-    with pytest.raises(ValueError, match=rf"`{name}` is on a different device|device than `{name}`"):
+    _set(kw, name, FakeCudaTensor(_get(kw, name)))  # claims cuda:0 (DLPack kDLCUDA) while the rest is on the CPU
+    n = re.escape(name)
+    with pytest.raises(ValueError, match=rf"`{n}` is on a different device|device than `{n}`"):
         _call(fn, kw)
 
 
 @pytest.mark.parametrize("fn", BINDINGS)
 def test_all_cuda_claims_raise_cleanly_without_a_usable_gpu(fn):
     # Built without CUDA -> ValueError; built with CUDA but no GPU (or host memory) -> RuntimeError/ValueError.
-    kw = {k: FakeCudaTensor(v) if isinstance(v, torch.Tensor) else v for k, v in BINDINGS[fn]().items()}
+    kw = BINDINGS[fn]()
+    for name in _array_names(kw):
+        _set(kw, name, FakeCudaTensor(_get(kw, name)))
     with pytest.raises((ValueError, RuntimeError), match=r"(?i)cuda"):
         _call(fn, kw)
 

@@ -292,6 +292,23 @@ def test_add_group_rejects_bad_requests(kwargs, match):
         sched.add_group(**{**args, **kwargs})
 
 
+def test_a_live_group_id_cannot_be_reused_until_its_group_finishes():
+    # Finished samples are reported by (group_id, sample_id): two live groups with one id would be ambiguous.
+    sched = ops.Scheduler(num_blocks=8, block_size=4, max_num_seqs=4, max_num_batched_tokens=16)
+    sched.add_group(7, [1, 2], n=2, max_new_tokens=1, seed=0)
+    with pytest.raises(ValueError, match="group with this id has unfinished samples"):
+        sched.add_group(7, [3], n=1, max_new_tokens=1, seed=0)
+    plan = sched.schedule()
+    done = sched.update(plan.sample_seq_ids.tolist(), [1, 1], [0.0, 0.0], [0.0, 0.0])
+    assert len(done) == 2 and not sched.has_unfinished()
+    sched.add_group(7, [3], n=1, max_new_tokens=1, seed=0)  # free again once it finished
+
+
+def test_scheduler_rejects_more_blocks_than_int32_block_tables_hold():
+    with pytest.raises(ValueError, match="num_blocks must be < 2\\*\\*31"):
+        ops.Scheduler(num_blocks=2**31, block_size=4, max_num_seqs=4, max_num_batched_tokens=16)
+
+
 def test_update_and_schedule_misuse_raise():
     sched = ops.Scheduler(num_blocks=8, block_size=4, max_num_seqs=4, max_num_batched_tokens=16)
     sched.add_group(0, [1, 2], 2, 4, [], [], 0)
