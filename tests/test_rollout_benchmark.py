@@ -64,6 +64,38 @@ def test_each_system_produced_between_one_and_max_new_tokens_per_sample(report, 
     assert report[f"{system}_tok_s"] > 0
 
 
+def test_generate_batch_ran_every_sample_of_every_group(report):
+    assert report["generate_batch_sequences"] == PROMPTS * GROUP
+
+
+def test_generate_batch_gets_each_prompt_g_times_where_it_ignores_num_return_sequences():
+    """transformers 5.17's generate_batch returned one sequence per prompt: the benchmark repeats the prompts."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("rollout_benchmark", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class OlderGenerateBatch:  # one output per prompt whatever num_return_sequences says
+        calls: list = []
+
+        def generate_batch(self, prompts, generation_config, **kwargs):
+            self.calls.append((len(prompts), generation_config.num_return_sequences))
+            return {f"req_{i}": SimpleNamespace(generated_tokens=[7] * (i % 3) + [1, 0, 0])
+                    for i, _ in enumerate(prompts)}
+
+        def destroy_cached_continuous_batching_manager(self):
+            pass
+
+    model = OlderGenerateBatch()
+    args = SimpleNamespace(group=4, max_new=8, device="cpu")
+    tokens, warm_s, lens, cold_s = bench.run_generate_batch(model, [[5, 6]] * 3, [1], args)
+    assert model.calls == [(3, 4), (3, 4), (12, 1), (12, 1)]  # cold + warm, then both again with repeats
+    assert len(lens) == 12 and tokens == sum(i % 3 + 1 for i in range(12))
+    assert warm_s > 0 and cold_s > 0
+
+
 @pytest.mark.parametrize("baseline", ["generate", "generate_batch"])
 def test_speedups_are_the_quotients_of_the_printed_rates(report, baseline):
     # tok/s are printed to 0.1 and the speedups to 0.01, each rounded from the unrounded rates

@@ -34,7 +34,7 @@ __attribute__((always_inline)) inline void tile(const float* __restrict w, const
       // Keep the weight vector in a register: otherwise GCC folds it into each of the MB FMAs
       // as a memory operand, loading it MB times and making the loop load-bound.
       asm("" : "+x"(wv));
-      for (int j = 0; j < MB; ++j) acc[j * NB + i] += wv * xv[j];
+      for (int j = 0; j < MB; ++j) acc[j * NB + i] = fmadd<W>(wv, xv[j], acc[j * NB + i]);
     }
   }
   if (k < K) {  // the k tail as one more zero-padded vector step: the same operations for every tile
@@ -42,7 +42,7 @@ __attribute__((always_inline)) inline void tile(const float* __restrict w, const
     for (int j = 0; j < MB; ++j) std::copy(x + j * K + k, x + j * K + K, xt[j]);
     for (int i = 0; i < NB; ++i) std::copy(w + i * K + k, w + i * K + K, wt[i]);
     for (int i = 0; i < NB; ++i)
-      for (int j = 0; j < MB; ++j) acc[j * NB + i] += loadv<W>(wt[i]) * loadv<W>(xt[j]);
+      for (int j = 0; j < MB; ++j) acc[j * NB + i] = fmadd<W>(loadv<W>(wt[i]), loadv<W>(xt[j]), acc[j * NB + i]);
   }
   constexpr int G = (T + W - 1) / W;
   float s[G * W];

@@ -51,7 +51,7 @@ __attribute__((always_inline)) inline void kn_tile(const float* __restrict x, co
       asm("" : "+x"(s));
       const V xb = s - V{};  // s - (+0) is exactly s: a plain broadcast
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[j][v] += xb * wv[v];
+      for (int v = 0; v < NV; ++v) acc[j][v] = fmadd<W>(xb, wv[v], acc[j][v]);
     }
   }
   for (int j = 0; j < MB; ++j)
@@ -63,14 +63,14 @@ __attribute__((always_inline)) inline void kn_tile(const float* __restrict x, co
 }
 
 /// Columns [n, n + cols) (cols < W) for MB rows, one scalar chain each: the same operations as a lane.
-template <int MB>
+template <int W, int MB>
 __attribute__((always_inline)) inline void kn_columns(const float* x, const float* w, int64_t K, int64_t N,
                                                       const float* bias, float* out, int64_t n, int64_t cols) {
   for (int j = 0; j < MB; ++j)
     for (int64_t c = n; c < n + cols; ++c) {
       float acc = 0.f;
       for (int64_t k = 0; k < K; ++k) {
-        acc += x[j * K + k] * w[k * N + c];  // fused where the flavour fuses (-ffp-contract=fast)
+        acc = fmadd1<W>(x[j * K + k], w[k * N + c], acc);  // fused where the flavour fuses, as a lane
         // Keeps the chain scalar: GCC would otherwise vectorise it as an in-order reduction with
         // the products rounded first (vmulps, then vaddss), which no longer matches a vector lane.
         asm("" : "+x"(acc));
@@ -87,7 +87,7 @@ __attribute__((always_inline)) inline void kn_rows(const float* x, const float* 
   int64_t n = n0;
   for (; n + NV * W <= n1; n += NV * W) kn_tile<W, MB, NV>(x, w, K, N, bias, out, n);
   for (; n + W <= n1; n += W) kn_tile<W, MB, 1>(x, w, K, N, bias, out, n);
-  if (n < n1) kn_columns<MB>(x, w, K, N, bias, out, n, n1 - n);
+  if (n < n1) kn_columns<W, MB>(x, w, K, N, bias, out, n, n1 - n);
 }
 
 /// The last r (< MB) input rows, as one narrower tile.

@@ -10,6 +10,13 @@ position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) ma
 LM head run only on the rows that are sampled; on the CPU plain fp32 `nn.Linear` and Conv1D
 (GPT-2) layers run through alignkit's decode kernels during the step (cpu_linear.py). Outside a sampler forward the
 model keeps its own attention (sdpa/eager/flash) and linear layers, so training is untouched.
+
+The cache object is alignkit's `PagedAttention` (the step's block tables over the `KVCache`),
+handed to the attention function as that keyword, not a transformers `Cache` passed as
+`past_key_values`: a `Cache` describes a [batch, seq] grid of dense rows (its sequence length,
+`cache_position` and the masks built from them), while a sampler step packs the new tokens of
+many sequences at different lengths and positions into one row; the model runs with
+`use_cache=False` and never sees a cache of its own.
 """
 
 from __future__ import annotations

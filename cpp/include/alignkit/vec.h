@@ -16,6 +16,7 @@
 #include <string>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>  // declares the FMA builtins fmadd() below uses
 #define ALIGNKIT_HAS_V3 1
 #define ALIGNKIT_V3 __attribute__((target("arch=x86-64-v3")))
 #define ALIGNKIT_V4 __attribute__((target("arch=x86-64-v4")))
@@ -92,6 +93,31 @@ template <int W>
 __attribute__((always_inline)) inline void storev(float* p, typename Vec<W>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
+/// a * b + c per lane, rounded once in the AVX2 and AVX-512 flavours (W = 8, 16), twice in the
+/// baseline one (W = 4, no FMA). Spelled out instead of left to -ffp-contract: whether GCC fuses
+/// a written a * b + c is a tuning decision (its FMA-chain avoidance, `avoid-fma-max-bits`, keeps
+/// loop-carried chains unfused in some versions and tunings, for some shapes only), so two tile
+/// shapes of one kernel could round differently and a row's result would depend on its batch.
+/// The builtins are used rather than _mm256_fmadd_ps: those carry a target attribute and cannot
+/// be inlined into these templates, which only the flavour's function gives a target.
+template <int W>
+__attribute__((always_inline)) inline typename Vec<W>::type fmadd(typename Vec<W>::type a, typename Vec<W>::type b,
+                                                                  typename Vec<W>::type c) {
+#if ALIGNKIT_HAS_V3
+  if constexpr (W == 16) return __builtin_ia32_vfmaddps512_mask(a, b, c, static_cast<__mmask16>(-1), _MM_FROUND_CUR_DIRECTION);
+  else if constexpr (W == 8) return __builtin_ia32_vfmaddps256(a, b, c);
+  else
+#endif
+    return a * b + c;
+}
+
+/// The scalar twin of fmadd<W>: a * b + c as one lane of the W-wide flavour computes it.
+template <int W>
+__attribute__((always_inline)) inline float fmadd1(float a, float b, float c) {
+  if constexpr (W >= 8) return __builtin_fmaf(a, b, c);  // one vfmadd in the FMA flavours' functions
+  else return a * b + c;
+}
+
 template <int W>
 __attribute__((always_inline)) inline float hsum(typename Vec<W>::type a) {
   v4 t;

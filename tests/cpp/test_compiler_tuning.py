@@ -1,0 +1,85 @@
+"""The linear kernels stay batch-invariant however the compiler is tuned to fuse multiply-adds.
+
+GCC may keep a loop-carried a * b + c unfused (its FMA-chain avoidance, `--param avoid-fma-max-bits`,
+which some versions and tunings turn on by themselves) and fuse it elsewhere, so a kernel that left
+fusion to -ffp-contract rounded differently in different tile shapes: on one GCC (a lent GPU
+machine's) a row's output changed with the rows batched beside it. The kernels now spell each FMA
+out; this builds the extension with that tuning at its strongest and checks them again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .simd_flavour import expected_isa
+
+REPO = Path(__file__).resolve().parents[2]
+TUNING = "--param=avoid-fma-max-bits=512"  # avoid fusing FMA chains of any vector width
+
+CHECK = r"""
+import importlib.util, sys, torch, torch.nn.functional as F
+spec = importlib.util.spec_from_file_location("alignkit._sampler", sys.argv[1])
+ext = importlib.util.module_from_spec(spec); spec.loader.exec_module(ext)
+assert ext.attention_isa() == sys.argv[2], ext.attention_isa()
+g = torch.Generator().manual_seed(5)
+def nk(x, w, b):
+    out = torch.empty(x.shape[0], w.shape[0]); ext.linear(out, x, w, b); return out
+def kn(x, w, b):
+    out = torch.empty(x.shape[0], w.shape[1]); ext.linear_kn(out, x, w, b); return out
+# Every input-row tail (1..5 rows beside full tiles), weight-row and column tails, k tails.
+for m, n, k in [(1, 5, 9), (7, 66, 256), (13, 130, 37), (6, 17, 40), (40, 93, 600), (31, 11, 2100)]:
+    x, b = torch.randn(m, k, generator=g), torch.randn(n, generator=g)
+    w = torch.randn(n, k, generator=g)
+    out = nk(x, w, b)
+    torch.testing.assert_close(out, F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    assert torch.equal(torch.cat([nk(x[i:i + 1], w, b) for i in range(m)]), out), ("linear", m, n, k)
+    wt = w.t().contiguous()
+    out = kn(x, wt, b)
+    torch.testing.assert_close(out, torch.addmm(b, x, wt), rtol=1e-5, atol=1e-4)
+    assert torch.equal(torch.cat([kn(x[i:i + 1], wt, b) for i in range(m)]), out), ("linear_kn", m, n, k)
+print("ok")
+"""
+
+
+def _is_gcc(compiler: str) -> bool:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    return "Free Software Foundation" in version and "clang" not in version.lower()
+
+
+@pytest.fixture(scope="module")
+def tuned_extension(tmp_path_factory) -> Path:
+    """alignkit._sampler built from this checkout with GCC told to avoid fusing FMA chains."""
+    cmake, compiler = shutil.which("cmake"), shutil.which(os.environ.get("CXX", "c++"))
+    in_ci = os.environ.get("CI") == "true"
+    if cmake is None or compiler is None or not _is_gcc(compiler):
+        assert not in_ci, "CI checks the kernels under GCC's FMA tuning: it needs cmake and GCC on PATH"
+        pytest.skip("needs cmake and GCC (the tuning parameter is GCC's; other compilers build baseline kernels only)")
+    import nanobind
+
+    build = tmp_path_factory.mktemp("fma_tuned_build")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure = [cmake, "-S", str(REPO), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
+                 "-DALIGNKIT_NO_CUDA=ON", f"-DCMAKE_CXX_FLAGS={TUNING}", f"-Dnanobind_DIR={nanobind.cmake_dir()}",
+                 f"-DPython_EXECUTABLE={sys.executable}"]
+    for step in (configure, [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)]):
+        done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    built = list(build.glob("_sampler*.so"))
+    assert len(built) == 1, built
+    return built[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_linear_kernels_are_batch_invariant_when_gcc_avoids_fma_chains(tuned_extension, isa):
+    if expected_isa(isa) != isa:
+        pytest.skip(f"this CPU has no {isa}")
+    done = subprocess.run([sys.executable, "-c", CHECK, str(tuned_extension), isa], capture_output=True, text=True,
+                          env={**os.environ, "ALIGNKIT_ISA": isa}, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
