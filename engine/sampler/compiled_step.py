@@ -8,6 +8,7 @@ decoder stays one graph, and inductor fuses the norms, rotary embeddings and act
 
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Any, Callable
 
@@ -65,6 +66,21 @@ def _inductor_options() -> dict[str, Any]:
     return options
 
 
+def _no_duck_shapes() -> contextlib.AbstractContextManager:
+    """Sizes that happen to be equal are not assumed equal while tracing a step.
+
+    Dynamo's duck sizing gives one symbol to every dimension of the same size, then guards on the
+    equality: a warm-up step with 4 sampled rows and 4 KV heads made a graph valid only while the
+    rows equalled the heads, so the first real workload compiled two graphs more (~3 s of a
+    5 s rollout). Distinct symbols make each graph valid for every size the step can take.
+    """
+    import torch.fx.experimental._config as fx_config
+
+    if not hasattr(fx_config, "use_duck_shape"):  # older torch: nothing to turn off
+        return contextlib.nullcontext()
+    return fx_config.patch(use_duck_shape=False)
+
+
 def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
     """`torch.compile(step, dynamic=True)` with a compile cache of its own.
 
@@ -90,7 +106,7 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
         # rows, block-table width) and chance equalities between them, so a sampler with chunked
         # prefill can need more than the default 8 graphs; past the limit dynamo would silently
         # run the step eagerly. The raised limit applies to this step's frame only.
-        with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}):
+        with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}), _no_duck_shapes():
             return compiled(*args, **kwargs)
 
     return step_with_graph_budget

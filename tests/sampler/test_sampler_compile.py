@@ -100,3 +100,18 @@ def test_a_failed_compile_names_the_fix_and_leaves_the_model_usable(llama, monke
         Sampler(llama, compile=True).generate(prompts, params)
     assert llama.config._attn_implementation != "alignkit_paged"
     assert len(Sampler(llama).generate(prompts, params)[0].samples) == 2
+
+
+def test_warmed_up_graphs_serve_other_batch_sizes_without_compiling(models_dir):
+    """Sizes that were equal by chance while warming up (2 sampled rows, 2 KV heads) are not baked into the graphs.
+
+    Dynamo's duck sizing used to guard on such equalities, so an RL loop's first real rollout
+    compiled more graphs (seconds each) after a warm-up; the step now traces without it.
+    """
+    sampler = Sampler(build("llama", models_dir), block_size=4, compile=True)  # 2 KV heads
+    sampler.generate(_prompts([5, 7]), SamplingParams(n=1, max_new_tokens=6, seed=0))  # several sequences
+    sampler.generate(_prompts([6]), SamplingParams(n=1, max_new_tokens=6, seed=0))  # and a lone one
+    graphs = counters["stats"]["unique_graphs"]
+    groups = sampler.generate(_prompts([3, 11, 26, 9, 14], seed=1), SamplingParams(n=3, max_new_tokens=12, seed=1))
+    assert sum(len(s.token_ids) for g in groups for s in g.samples) == 5 * 3 * 12  # no stop tokens: all ran to the cap
+    assert counters["stats"]["unique_graphs"] == graphs
