@@ -90,14 +90,16 @@ def test_compile_refuses_an_explicit_kernel_module(llama):
         Sampler(llama, ops=ext, compile=True)
 
 
-def test_a_failed_compile_names_the_fix_and_leaves_the_model_usable(llama, monkeypatch):
+def test_a_failed_compile_names_the_fix_and_leaves_the_model_usable(llama):
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))  # no working C++ compiler
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no cached graph to fall back on
     prompts, params = _prompts([4]), SamplingParams(n=2, max_new_tokens=3, seed=0)
-    with pytest.raises(RuntimeError, match=r"compile=False"):
-        Sampler(llama, compile=True).generate(prompts, params)
+    # No working C++ compiler, and no cached graph to fall back on. inductor's own patch(), not
+    # pytest's monkeypatch: undoing a monkeypatch of this config module left fx_graph_cache
+    # "does not exist" for every later compile in the process.
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with pytest.raises(RuntimeError, match=r"compile=False"):
+            Sampler(llama, compile=True).generate(prompts, params)
     assert llama.config._attn_implementation != "alignkit_paged"
     assert len(Sampler(llama).generate(prompts, params)[0].samples) == 2
 
