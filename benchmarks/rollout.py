@@ -200,6 +200,7 @@ def run_generate_batch(model, prompts, stop, args):
 
     cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.group,
                            max_new_tokens=args.max_new, eos_token_id=stop, pad_token_id=0)
+    repeated = False
     with torch.no_grad():
         try:
             out, timings = generate_batch_twice(model, prompts, cfg, args)
@@ -207,6 +208,9 @@ def run_generate_batch(model, prompts, stop, args):
                 # transformers 5.17 (seen on a GPU machine) returns one sequence per prompt here,
                 # ignoring num_return_sequences: a batch 8x smaller would understate it, so it gets
                 # each prompt G times instead (the same sequences, without prefix sharing).
+                print(f"generate_batch returned {len(out)} of {len(prompts) * args.group} sequences: "
+                      "running it again on each prompt repeated G times", file=sys.stderr)
+                repeated = True
                 model.destroy_cached_continuous_batching_manager()
                 cfg.num_return_sequences = 1
                 out, timings = generate_batch_twice(model, [p for p in prompts for _ in range(args.group)], cfg, args)
@@ -215,7 +219,7 @@ def run_generate_batch(model, prompts, stop, args):
             if args.device != "cpu":  # its cache took most of the free GPU memory: give it back
                 torch.cuda.empty_cache()
     lens = [real_len(list(o.generated_tokens), set(stop)) for o in out.values()]
-    return sum(lens), timings[1], lens, timings[0]
+    return sum(lens), timings[1], lens, timings[0], repeated
 
 
 def generate_batch_twice(model, prompts, cfg, args):
@@ -341,13 +345,13 @@ def main() -> None:
     )
     if not args.skip_baselines:
         gen_tok, gen_s, gen_lens = best["generate"]
-        gb_tok, gb_s, gb_lens, gb_cold_s = best["generate_batch"]
+        gb_tok, gb_s, gb_lens, gb_cold_s, gb_repeated = best["generate_batch"]
         res.update(
             generate_tokens=gen_tok, generate_s=round(gen_s, 3), generate_tok_s=round(gen_tok / gen_s, 1),
             generate_mean_len=round(gen_tok / len(gen_lens), 1),
             generate_batch_tokens=gb_tok, generate_batch_s=round(gb_s, 3),
             generate_batch_tok_s=round(gb_tok / gb_s, 1), generate_batch_mean_len=round(gb_tok / len(gb_lens), 1),
-            generate_batch_sequences=len(gb_lens),
+            generate_batch_sequences=len(gb_lens), generate_batch_repeated_prompts=gb_repeated,
             generate_batch_cold_s=round(gb_cold_s, 3),
             speedup_vs_generate=round((ours_tok / ours_s) / (gen_tok / gen_s), 2),
             speedup_vs_generate_batch=round((ours_tok / ours_s) / (gb_tok / gb_s), 2),

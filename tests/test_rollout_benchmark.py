@@ -66,6 +66,7 @@ def test_each_system_produced_between_one_and_max_new_tokens_per_sample(report, 
 
 def test_generate_batch_ran_every_sample_of_every_group(report):
     assert report["generate_batch_sequences"] == PROMPTS * GROUP
+    assert report["generate_batch_repeated_prompts"] is False  # this transformers honours num_return_sequences
 
 
 def test_generate_batch_gets_each_prompt_g_times_where_it_ignores_num_return_sequences():
@@ -90,7 +91,8 @@ def test_generate_batch_gets_each_prompt_g_times_where_it_ignores_num_return_seq
 
     model = OlderGenerateBatch()
     args = SimpleNamespace(group=4, max_new=8, device="cpu")
-    tokens, warm_s, lens, cold_s = bench.run_generate_batch(model, [[5, 6]] * 3, [1], args)
+    tokens, warm_s, lens, cold_s, repeated = bench.run_generate_batch(model, [[5, 6]] * 3, [1], args)
+    assert repeated  # and the JSON line says so (generate_batch_repeated_prompts)
     assert model.calls == [(3, 4), (3, 4), (12, 1), (12, 1)]  # cold + warm, then both again with repeats
     assert len(lens) == 12 and tokens == sum(i % 3 + 1 for i in range(12))
     assert warm_s > 0 and cold_s > 0

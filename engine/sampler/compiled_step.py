@@ -73,6 +73,8 @@ def _no_duck_shapes() -> contextlib.AbstractContextManager:
     equality: a warm-up step with 4 sampled rows and 4 KV heads made a graph valid only while the
     rows equalled the heads, so the first real workload compiled two graphs more (~3 s of a
     5 s rollout). Distinct symbols make each graph valid for every size the step can take.
+    The setting is process-wide while a step runs: a torch.compile traced meanwhile in another
+    thread would trace without duck sizing too (correct, at worst a little less specialised).
     """
     import torch.fx.experimental._config as fx_config
 

@@ -4,7 +4,9 @@ GCC may keep a loop-carried a * b + c unfused (its FMA-chain avoidance, `--param
 which some versions and tunings turn on by themselves) and fuse it elsewhere, so a kernel that left
 fusion to -ffp-contract rounded differently in different tile shapes: on one GCC (a lent GPU
 machine's) a row's output changed with the rows batched beside it. The kernels now spell each FMA
-out; this builds the extension with that tuning at its strongest and checks them again.
+out and are compiled with -ffp-contract=off, so the tuning can no longer reach them: this builds the
+extension with it at its strongest and checks that (it fails if either safeguard is removed), and
+that the attention kernel, which still leaves fusion to the compiler, stays batch-invariant too.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def nk(x, w, b):
     out = torch.empty(x.shape[0], w.shape[0]); ext.linear(out, x, w, b); return out
 def kn(x, w, b):
     out = torch.empty(x.shape[0], w.shape[1]); ext.linear_kn(out, x, w, b); return out
-# Every input-row tail (1..5 rows beside full tiles), weight-row and column tails, k tails.
-for m, n, k in [(1, 5, 9), (7, 66, 256), (13, 130, 37), (6, 17, 40), (40, 93, 600), (31, 11, 2100)]:
+# Every input-row tail beside full tiles (tiles of 3 and 4 rows in linear, 6 in linear_kn: 1..5
+# rows left), weight-row and column tails, k tails.
+for m, n, k in [(1, 5, 9), (7, 66, 256), (8, 20, 33), (9, 40, 70), (11, 9, 130), (13, 130, 37), (6, 17, 40),
+                (40, 93, 600), (31, 11, 2100)]:
     x, b = torch.randn(m, k, generator=g), torch.randn(n, generator=g)
     w = torch.randn(n, k, generator=g)
     out = nk(x, w, b)
@@ -43,6 +47,20 @@ for m, n, k in [(1, 5, 9), (7, 66, 256), (13, 130, 37), (6, 17, 40), (40, 93, 60
     out = kn(x, wt, b)
     torch.testing.assert_close(out, torch.addmm(b, x, wt), rtol=1e-5, atol=1e-4)
     assert torch.equal(torch.cat([kn(x[i:i + 1], wt, b) for i in range(m)]), out), ("linear_kn", m, n, k)
+# Paged attention (left to -ffp-contract=fast, its paths depend on a sequence's own length):
+# a decode token's output is bitwise the same alone as beside samples sharing its prompt blocks.
+bs, hk, hq, d = 4, 2, 4, 32
+kc, vc = torch.randn(64, bs, hk, d, generator=g), torch.randn(64, bs, hk, d, generator=g)
+tables = torch.tensor([[0, 1, 2, 3 + i] for i in range(6)] + [[20 + i, 30 + i, 40 + i, 50 + i] for i in range(3)],
+                      dtype=torch.int32)
+ctx = torch.tensor([13, 14, 15, 16, 13, 14, 9, 16, 5], dtype=torch.int32)
+q, qsl = torch.randn(9, hq, d, generator=g), torch.arange(10, dtype=torch.int32)
+out = torch.empty_like(q); ext.paged_attention(out, q, kc, vc, tables, ctx, qsl, d ** -0.5)
+for i in range(9):
+    one = torch.empty(1, hq, d)
+    ext.paged_attention(one, q[i:i + 1].clone(), kc, vc, tables[i:i + 1].clone(), ctx[i:i + 1].clone(),
+                        torch.tensor([0, 1], dtype=torch.int32), d ** -0.5)
+    assert torch.equal(one, out[i:i + 1]), ("paged_attention", i)
 print("ok")
 """
 
