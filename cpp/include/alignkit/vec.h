@@ -104,7 +104,8 @@ template <int W>
 __attribute__((always_inline)) inline typename Vec<W>::type fmadd(typename Vec<W>::type a, typename Vec<W>::type b,
                                                                   typename Vec<W>::type c) {
 #if ALIGNKIT_HAS_V3
-  if constexpr (W == 16) return __builtin_ia32_vfmaddps512_mask(a, b, c, static_cast<__mmask16>(-1), _MM_FROUND_CUR_DIRECTION);
+  if constexpr (W == 16)
+    return __builtin_ia32_vfmaddps512_mask(a, b, c, static_cast<__mmask16>(-1), _MM_FROUND_CUR_DIRECTION);
   else if constexpr (W == 8) return __builtin_ia32_vfmaddps256(a, b, c);
   else
 #endif
