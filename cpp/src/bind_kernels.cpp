@@ -374,6 +374,10 @@ void bind_kernels(nb::module_& m) {
   m.def("attention_isa", [] { return std::string(attention_isa()); },
         "SIMD flavour of the CPU attention and linear kernels: 'avx512', 'avx2' or 'baseline' (the widest the CPU has; env ALIGNKIT_ISA=avx2 or baseline caps it).");
   m.def("num_threads", [] { return num_threads(); }, "Threads the CPU kernels use: env ALIGNKIT_NUM_THREADS, else torch's (OpenMP) thread count.");
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw nb::value_error(("set_num_threads(" + std::to_string(n) + "): expected an int >= 1").c_str());
+    set_num_threads(n);
+  }, "n"_a, "Threads for kernels called from this thread (OpenMP's count is per thread; no-op without OpenMP).");
 }
 
 }  // namespace alignkit

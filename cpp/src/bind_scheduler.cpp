@@ -108,8 +108,10 @@ void bind_scheduler(nb::module_& m) {
       .def_prop_ro("num_waiting", &Scheduler::num_waiting, "Sequences waiting for admission (incl. preempted).")
       .def_prop_ro("num_running", &Scheduler::num_running, "Sequences holding KV blocks.")
       .def_prop_ro("num_preemptions", &Scheduler::num_preemptions, "Preemptions so far.")
-      .def_prop_ro("allocator", &Scheduler::allocator, nb::rv_policy::reference_internal,
-                   "The BlockAllocator (read-only use: inspect refcounts in tests).");
+      // A copy, not a reference: Python code calling decref/allocate on the live allocator would
+      // leave the scheduler handing out blocks that other sequences still hold.
+      .def_prop_ro("allocator", &Scheduler::allocator, nb::rv_policy::copy,
+                   "A snapshot of the BlockAllocator (a copy: changing it leaves the scheduler as it was).");
 }
 
 }  // namespace alignkit

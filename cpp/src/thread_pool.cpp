@@ -50,6 +50,10 @@ int num_threads() {
   return std::max(1, omp_get_max_threads());  // torch.set_num_threads sets this
 }
 
+// OpenMP's thread count is per thread: torch.set_num_threads in the main thread does not reach a
+// thread started later until torch runs a parallel op there, so the sampler passes it on.
+void set_num_threads(int n) { omp_set_num_threads(std::max(1, n)); }
+
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
@@ -191,6 +195,8 @@ Pool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
+
+void set_num_threads(int) {}  // the pool's size is fixed when it starts (thread_pool.h)
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t grain) {
   if (n <= 0) return;

@@ -116,6 +116,10 @@ class Sampler:
             if not hasattr(ops, fn):
                 raise TypeError(f"Sampler(ops=...): {ops!r} lacks `{fn}`")
         self.ops = ops
+        # OpenMP's thread count is per thread, and a thread started after torch.set_num_threads
+        # keeps OpenMP's default until torch runs a parallel op in it: each step passes torch's
+        # count to the kernels, so a sampler driven from a worker thread uses what torch uses.
+        self._set_kernel_threads = getattr(ops, "set_num_threads", None)
         self._forward = self.runner.forward
         self._compile_failure: tuple[type[BaseException], ...] = ()
         if compile:
@@ -287,6 +291,8 @@ class Sampler:
         ops = self.ops
         device = cache.k[0].device
         on_cuda = device.type == "cuda"
+        if self._set_kernel_threads is not None and not on_cuda:
+            self._set_kernel_threads(torch.get_num_threads())
         plan = sched.schedule()
         input_ids = _as_tensor(plan.input_ids, torch.int64)
         if input_ids.numel() == 0:

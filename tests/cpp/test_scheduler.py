@@ -234,6 +234,20 @@ def test_fork_shares_full_prompt_blocks_and_copies_the_partial_one():
     sched.check_invariants()
 
 
+def test_the_allocator_property_is_a_snapshot_python_cannot_corrupt():
+    sched = ops.Scheduler(num_blocks=8, block_size=4, max_num_seqs=4, max_num_batched_tokens=64)
+    sched.add_group(0, [1, 2, 3, 4, 5], n=2, max_new_tokens=3, seed=0)
+    plan = schedule(sched)
+    held = int(plan.block_tables[0, 0])
+    snapshot = sched.allocator
+    assert snapshot.refcount(held) == 2 and snapshot.num_free == 6
+    snapshot.decref(held)  # would free a block two sequences still use, were it the live allocator
+    snapshot.decref(held)
+    snapshot.allocate()
+    assert sched.allocator.refcount(held) == 2 and sched.allocator.num_free == 6
+    sched.check_invariants()
+
+
 def test_one_step_mixes_decodes_and_a_prefill_chunk_within_the_token_budget():
     sched = ops.Scheduler(num_blocks=16, block_size=4, max_num_seqs=8, max_num_batched_tokens=8)
     sched.add_group(0, [1, 2, 3], n=2, max_new_tokens=6, seed=0)

@@ -20,6 +20,10 @@ namespace alignkit {
 /// Number of threads parallel_for uses (including the caller).
 int num_threads();
 
+/// Make the calling thread's kernels use n threads (OpenMP builds: that thread's OpenMP thread
+/// count, as torch.set_num_threads sets it; ALIGNKIT_NUM_THREADS still wins). No-op without OpenMP.
+void set_num_threads(int n);
+
 /// Run fn(i) for i in [0, n) across the pool; returns when all are done.
 /// `grain` = items per task claim (bigger for tiny items). Exceptions from fn are
 /// rethrown in the caller (the first one wins). Small n runs inline.
