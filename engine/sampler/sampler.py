@@ -117,8 +117,10 @@ class Sampler:
                 raise TypeError(f"Sampler(ops=...): {ops!r} lacks `{fn}`")
         self.ops = ops
         # OpenMP's thread count is per thread, and a thread started after torch.set_num_threads
-        # keeps OpenMP's default until torch runs a parallel op in it: each step passes torch's
-        # count to the kernels, so a sampler driven from a worker thread uses what torch uses.
+        # keeps OpenMP's default until torch touches its thread settings there: each step passes
+        # torch's count to the kernels, so a sampler driven from a worker thread uses what torch
+        # uses. (torch.get_num_threads() happens to set the thread's count too; the explicit call
+        # does not rely on that.)
         self._set_kernel_threads = getattr(ops, "set_num_threads", None)
         self._forward = self.runner.forward
         self._compile_failure: tuple[type[BaseException], ...] = ()

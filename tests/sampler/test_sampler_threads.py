@@ -1,5 +1,6 @@
 """A sampler driven from a worker thread runs its kernels on torch's thread count, not OpenMP's default."""
 
+import os
 import threading
 
 import pytest
@@ -32,10 +33,11 @@ def _in_new_thread(fn):
     return out[0]
 
 
-def test_kernels_follow_torch_thread_count_in_a_worker_thread(llama, monkeypatch):
+def test_kernels_follow_torch_thread_count_in_a_worker_thread(llama):
     if not ext.uses_openmp:
         pytest.skip("without OpenMP the kernels' pool has a fixed size (thread_pool.h)")
-    monkeypatch.delenv("ALIGNKIT_NUM_THREADS", raising=False)  # read at import; set, it would win anyway
+    if os.environ.get("ALIGNKIT_NUM_THREADS"):
+        pytest.skip("ALIGNKIT_NUM_THREADS fixes the kernels' thread count in every thread (read at import)")
     openmp_default = _in_new_thread(ext.num_threads)  # a fresh thread's OpenMP count
     saved = torch.get_num_threads()
     want = openmp_default + 1  # differs from the default, so a thread that ignores torch shows it
@@ -56,3 +58,17 @@ def test_kernels_follow_torch_thread_count_in_a_worker_thread(llama, monkeypatch
 def test_set_num_threads_rejects_a_count_below_one():
     with pytest.raises(ValueError, match="expected an int >= 1"):
         ext.set_num_threads(0)
+
+
+def test_set_num_threads_sets_the_calling_threads_count_only():
+    if not ext.uses_openmp or os.environ.get("ALIGNKIT_NUM_THREADS"):
+        pytest.skip("needs an OpenMP build whose thread count no ALIGNKIT_NUM_THREADS fixes")
+    main = ext.num_threads()
+    want = main + 2
+
+    def worker():  # no torch call in this thread: only the binding can set its count
+        ext.set_num_threads(want)
+        return ext.num_threads()
+
+    assert _in_new_thread(worker) == want
+    assert ext.num_threads() == main
