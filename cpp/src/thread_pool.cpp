@@ -51,7 +51,7 @@ int num_threads() {
 }
 
 // OpenMP's thread count is per thread: torch.set_num_threads in the main thread does not reach a
-// thread started later until torch runs a parallel op there, so the sampler passes it on.
+// thread started later until torch touches its thread settings there, so the sampler passes it on.
 void set_num_threads(int n) { omp_set_num_threads(std::clamp(n, 1, 256)); }  // the env var's cap
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn, int64_t grain) {
