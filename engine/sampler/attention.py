@@ -28,6 +28,7 @@ class PagedAttention:
     logits_indices: torch.Tensor    # int64 [R]: rows of the T tokens whose logits are sampled
     ops: Any                        # write_kv / paged_attention (alignkit._sampler or a stand-in)
     stream: int = 0                 # raw cudaStream_t on CUDA, 0 on CPU
+    layers_attended: int = 0        # eager `attend` calls this step (the HF adapter checks every layer made one)
 
     @property
     def num_tokens(self) -> int:
@@ -44,6 +45,7 @@ class PagedAttention:
         if torch.compiler.is_compiling():  # traced by torch.compile: one graph node (compiled_step.py)
             return torch.ops.alignkit.paged_attention(q, k, v, kc, vc, self.slot_mapping, self.block_tables,
                                                       self.context_lens, self.query_start_loc, float(scale))
+        self.layers_attended += 1
         # The kernels read raw memory: they need dense rows (GPT-2's fused qkv split is strided).
         if not q.is_contiguous():
             q = q.contiguous()

@@ -98,6 +98,15 @@ class HFRunner:
         if model.get_output_embeddings() is None:
             raise TypeError(f"{type(model).__name__} has no LM head; pass the *ForCausalLM / *LMHeadModel "
                             "class (e.g. AutoModelForCausalLM), not the bare base model")
+        # Models whose attention layers do not look their function up in transformers' attention
+        # interface (Bloom, GPT-Neo, Falcon, MPT, StableLM in transformers 5) would run their own
+        # attention over the packed step: no cache, sequences mixed, wrong log-probs. transformers
+        # marks the others with this flag; `forward` also counts the layers that attended.
+        if getattr(model, "_supports_attention_backend", None) is False:
+            raise NotImplementedError(
+                f"{type(model).__name__} does not route its attention through transformers' attention "
+                "interface (its _supports_attention_backend is False), so the sampler cannot give it the "
+                "paged KV cache; sample it with model.generate, or wrap it in an alignkit Runner")
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         # The paged kernel computes plain softmax attention; a model whose attention is soft-capped
         # would be sampled from a different distribution than its training forward computes.
@@ -112,11 +121,13 @@ class HFRunner:
         self.num_kv_heads = int(getattr(text_config, "num_key_value_heads", None) or n_heads)
         head_dim = getattr(text_config, "head_dim", None)
         self.head_dim = int(head_dim) if head_dim else int(text_config.hidden_size) // n_heads
-        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         max_pos = getattr(text_config, "max_position_embeddings", None)
         window = getattr(text_config, "sliding_window", None)
         if getattr(text_config, "use_sliding_window", True) is False:
             window = None
+        layer_types = getattr(text_config, "layer_types", None)
+        if layer_types and "sliding_attention" not in layer_types:
+            window = None  # e.g. Qwen2 with max_window_layers >= its layers: no layer slides
         # Our kernel attends over the full context; with a sliding window that only equals the
         # model's attention while the context fits in the window, so cap lengths there.
         limits = [int(x) for x in (max_pos, window) if isinstance(x, int) and x > 0]
@@ -130,9 +141,16 @@ class HFRunner:
         self._configs = list(configs.values())
         params = inspect.signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in params
+        self._compiled = False
+        self._routing_checked = False  # a compiled runner checks its first step, run eagerly
         self._linear_forwards: list[tuple[torch.nn.Linear, Any]] = []
         self._linears_of_head: Any = None  # the LM head the list was built with
         register_paged_attention()
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the LM head, read each call (resize_token_embeddings may change it)."""
+        return int(self.model.get_output_embeddings().weight.shape[0])
 
     @property
     def dtype(self) -> torch.dtype:
@@ -149,19 +167,22 @@ class HFRunner:
         # Switch only for this forward and always restore, so a training forward between two
         # sampler steps (e.g. while a `stream` is suspended) sees the model exactly as it was.
         saved = [c._attn_implementation_internal for c in self._configs]
-        was_training = self.model.training
+        # Sampling is inference (no dropout): every module in train mode is switched off and
+        # back on, one by one, so a model whose submodules are in mixed modes (a frozen part
+        # kept in eval) gets each module's own mode back, which model.train() would not give.
+        training = [m for m in self.model.modules() if m.training]
         try:
             for c in self._configs:
                 c._attn_implementation_internal = ATTN_NAME
-            if was_training:
-                self.model.eval()  # sampling is inference: no dropout
+            for m in training:
+                m.training = False
             with decode_linears(self._decode_linear_forwards()):
                 yield
         finally:
             for c, s in zip(self._configs, saved):
                 c._attn_implementation_internal = s
-            if was_training:
-                self.model.train()
+            for m in training:
+                m.training = True
 
     def _decode_linear_forwards(self) -> list[tuple[torch.nn.Module, Any]]:
         # One decode forward per nn.Linear and Conv1D (GPT-2), kept across steps (the same function
@@ -179,6 +200,7 @@ class HFRunner:
         from .compiled_step import compile_step
 
         self._model_step = compile_step(self._model_step)
+        self._compiled = True
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: PagedAttention) -> torch.Tensor:
@@ -186,7 +208,21 @@ class HFRunner:
         # The switch stays outside the (possibly compiled) step: it is a side effect on the
         # model's configs that must always be undone, not something to trace.
         with self._paged_mode():
-            return self._model_step(input_ids, positions, attn)
+            if self._compiled and self._routing_checked:
+                return self._model_step(input_ids, positions, attn)
+            # Eager steps (and a compiled runner's first one, which gives the same results) count
+            # the layers that attended through the paged cache: a layer that ran attention of its
+            # own would see only this step's packed tokens, and its samples would be wrong.
+            attn.layers_attended = 0
+            logits = HFRunner._model_step(self, input_ids, positions, attn)
+            if attn.layers_attended != self.num_layers:
+                raise NotImplementedError(
+                    f"{type(self.model).__name__}: {attn.layers_attended} of its {self.num_layers} layers "
+                    "attended through the paged KV cache in this step; the others ran attention of their "
+                    "own (it does not use transformers' attention interface), which would give wrong "
+                    "samples. Sample this model with model.generate, or wrap it in an alignkit Runner")
+            self._routing_checked = True
+            return logits
 
     def _model_step(self, input_ids: torch.Tensor, positions: torch.Tensor,
                     attn: PagedAttention) -> torch.Tensor:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 _MAX_SEED = 2**63
+MIN_TEMPERATURE = 1e-6  # the kernels' kMinTemperature (sampling.h)
 
 
 def _is_int(x: object) -> bool:
-    # bool is an int subclass; `n=True` is a bug, not a count.
-    return isinstance(x, int) and not isinstance(x, bool)
+    # Python and numpy ints; bool is an int subclass, and `n=True` is a bug, not a count.
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    """A Python or numpy int or float (not a bool)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,9 @@ class SamplingParams:
     "old log-probs" PPO/GRPO use; `Sample.raw_logprobs` are at temperature 1. With
     temperature 0 both are at temperature 1.
 
-    A stop token / stop sequence that ends a completion is kept in its `token_ids`.
+    A stop token / stop sequence that ends a completion is kept in its `token_ids`. Stop
+    sequences are matched against the generated tokens only: one that would begin inside the
+    prompt does not stop the completion.
     `seed=None` draws a fresh seed per `generate` call (from torch's RNG); a fixed seed gives
     the same tokens whatever the batch size, the preemptions or the other prompts of the call.
     The draws are keyed by (seed, the prompt's index in the call, sample id, position), so the
@@ -46,17 +55,16 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not _is_int(self.n) or self.n < 1:
             raise ValueError(f"SamplingParams.n={self.n!r}: expected an int >= 1 (completions per prompt)")
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
-                or not math.isfinite(self.temperature) or self.temperature < 0:
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0 \
+                or 0 < self.temperature < MIN_TEMPERATURE:
             raise ValueError(
-                f"SamplingParams.temperature={self.temperature!r}: expected a finite float >= 0 (0 = greedy)")
-        if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) \
-                or not (0.0 < self.top_p <= 1.0):
+                f"SamplingParams.temperature={self.temperature!r}: expected 0 (greedy) or a finite float >= "
+                f"{MIN_TEMPERATURE} (smaller ones overflow logits / temperature in float32)")
+        if not _is_real(self.top_p) or not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"SamplingParams.top_p={self.top_p!r}: expected a float in (0, 1] (1 = off)")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"SamplingParams.top_k={self.top_k!r}: expected an int >= 0 (0 = off)")
-        if not isinstance(self.min_p, (int, float)) or isinstance(self.min_p, bool) \
-                or not (0.0 <= self.min_p <= 1.0):
+        if not _is_real(self.min_p) or not (0.0 <= self.min_p <= 1.0):
             raise ValueError(f"SamplingParams.min_p={self.min_p!r}: expected a float in [0, 1] (0 = off)")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(
@@ -86,6 +94,10 @@ class SamplingParams:
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         object.__setattr__(self, "stop_sequences",
                            tuple(tuple(int(t) for t in s) for s in self.stop_sequences))
+        for name in ("n", "top_k", "max_new_tokens"):  # numpy ints -> int
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))
         object.__setattr__(self, "min_p", float(self.min_p))

@@ -40,6 +40,18 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, torch.Tensor) or (hasattr(x, "__array__") and hasattr(x, "tolist"))
 
 
+def _has_int_dtype(x: Any) -> bool:
+    """Whether a tensor / numpy array holds integers (not floats, bools or complex numbers)."""
+    if isinstance(x, torch.Tensor):
+        return not (x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool)
+    return getattr(getattr(x, "dtype", None), "kind", None) in ("i", "u")
+
+
+def _is_token_id(t: Any) -> bool:
+    # bool is Integral, and int() would silently truncate a float or parse a string: all refused.
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
+
+
 @dataclass
 class SamplerStats:
     """Counters of the last `generate`/`stream` call (and totals since construction)."""
@@ -162,10 +174,15 @@ class Sampler:
 
     # ----------------------------------------------------------------- validation
     def _check_inputs(self, prompt_token_ids: Any, params: Any) -> tuple[list[list[int]], list[SamplingParams]]:
-        if isinstance(prompt_token_ids, torch.Tensor):
+        if _is_array(prompt_token_ids):
+            kind = type(prompt_token_ids).__name__
             if prompt_token_ids.ndim != 2:
-                raise ValueError(f"prompt_token_ids tensor must be 2-D [num_prompts, len], got {prompt_token_ids.ndim}-D"
-                                 " (a padded batch? pass a list of unpadded token-id lists instead)")
+                raise ValueError(f"prompt_token_ids {kind} must be 2-D [num_prompts, len], got "
+                                 f"{prompt_token_ids.ndim}-D (a padded batch? pass a list of unpadded token-id lists "
+                                 "instead)")
+            if not _has_int_dtype(prompt_token_ids):
+                raise TypeError(f"prompt_token_ids {kind} has dtype {prompt_token_ids.dtype}; token ids must be "
+                                "integers (e.g. torch.long)")
             prompt_token_ids = prompt_token_ids.tolist()
         if isinstance(prompt_token_ids, (str, bytes)) or not isinstance(prompt_token_ids, Sequence):
             raise TypeError(f"prompt_token_ids must be a list of token-id lists, got {type(prompt_token_ids).__name__}"
@@ -187,12 +204,19 @@ class Sampler:
         prompts = []
         for i, (p, sp) in enumerate(zip(prompt_token_ids, plist)):
             if _is_array(p):
+                if not _has_int_dtype(p):
+                    raise TypeError(f"prompt {i} is a {type(p).__name__} of dtype {p.dtype}; token ids must be "
+                                    "integers")
                 p = p.tolist()
             if isinstance(p, (str, bytes)) or not isinstance(p, Sequence):
                 raise TypeError(f"prompt {i} is a {type(p).__name__}; expected a list of token ids")
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token (e.g. BOS)")
-            p = [int(t) for t in p]
+            for j, t in enumerate(p):
+                if not _is_token_id(t):
+                    raise TypeError(f"prompt {i}, position {j}: {t!r} ({type(t).__name__}) is not a token id; "
+                                    "token ids are ints")
+            p = [int(t) for t in p]  # numpy ints -> int
             bad = [t for t in p if not 0 <= t < vocab]
             if bad:
                 raise ValueError(f"prompt {i} has token id {bad[0]} outside the model's vocabulary [0, {vocab})")
@@ -203,23 +227,35 @@ class Sampler:
                 raise ValueError(f"SamplingParams for prompt {i}: stop token id {sp.max_token_id()} is outside the "
                                  f"vocabulary [0, {vocab}) and could never be produced")
             prompts.append(p)
+        # Checked here, not by the scheduler once a stream starts, so the error names the prompt.
+        num_blocks, bs = self._planned_num_blocks(prompts, plist), self.block_size
+        for i, (p, sp) in enumerate(zip(prompts, plist)):
+            need = blocks_for_tokens(len(p) + sp.max_new_tokens - 1, bs)  # the last token is never fed back
+            if need > num_blocks:
+                raise ValueError(f"prompt {i}: {len(p)} prompt tokens + max_new_tokens={sp.max_new_tokens} need "
+                                 f"{need} KV blocks of {bs} tokens, but the KV cache has {num_blocks}; raise "
+                                 "Sampler(kv_cache_tokens=...) (or max_kv_cache_bytes), or lower max_new_tokens")
         return prompts, plist
 
     # ----------------------------------------------------------------- cache
+    def _planned_num_blocks(self, prompts: list[list[int]], plist: list[SamplingParams]) -> int:
+        """KV blocks the cache gets for this call: the fixed budget, or the workload's size capped by bytes."""
+        r, bs = self.runner, self.block_size
+        if self.kv_cache_tokens is not None:
+            return blocks_for_tokens(self.kv_cache_tokens, bs)
+        # Whole workload resident: shared prompt blocks once, plus each sample's own blocks
+        # (its completion and a copied partial prompt block).
+        need = sum(blocks_for_tokens(len(p), bs) + sp.n * (blocks_for_tokens(sp.max_new_tokens, bs) + 1)
+                   for p, sp in zip(prompts, plist))
+        per_block = 2 * r.num_layers * bs * r.num_kv_heads * r.head_dim * torch.finfo(r.dtype).bits // 8
+        return max(1, min(need, self.max_kv_cache_bytes // per_block))
+
     def _ensure_cache(self, prompts: list[list[int]], plist: list[SamplingParams]) -> KVCache:
         r = self.runner
         bs = self.block_size
-        if self.kv_cache_tokens is not None:
-            num_blocks = blocks_for_tokens(self.kv_cache_tokens, bs)
-        else:
-            # Whole workload resident: shared prompt blocks once, plus each sample's own blocks
-            # (its completion and a copied partial prompt block).
-            need = sum(blocks_for_tokens(len(p), bs) + sp.n * (blocks_for_tokens(sp.max_new_tokens, bs) + 1)
-                       for p, sp in zip(prompts, plist))
-            per_block = 2 * r.num_layers * bs * r.num_kv_heads * r.head_dim * torch.finfo(r.dtype).bits // 8
-            num_blocks = max(1, min(need, self.max_kv_cache_bytes // per_block))
-            if self.cache is not None and self.cache.num_blocks >= num_blocks:
-                num_blocks = self.cache.num_blocks
+        num_blocks = self._planned_num_blocks(prompts, plist)
+        if self.kv_cache_tokens is None and self.cache is not None and self.cache.num_blocks >= num_blocks:
+            num_blocks = self.cache.num_blocks
         shape = dict(num_layers=r.num_layers, num_kv_heads=r.num_kv_heads, head_dim=r.head_dim, block_size=bs,
                      dtype=r.dtype, device=r.device)
         if self.cache is None or self.cache.num_blocks != num_blocks or not self.cache.matches(**shape):
@@ -261,7 +297,8 @@ class Sampler:
         # Per-chunk sampling settings, gathered per row with the plan's group (chunk) ids.
         chunk_params = [plist[i] for i in chunk_prompt]
         temperature = torch.tensor([sp.temperature for sp in chunk_params], dtype=torch.float32)
-        top_k = torch.tensor([sp.top_k for sp in chunk_params], dtype=torch.int32)
+        top_k = torch.tensor([min(sp.top_k, self.runner.vocab_size) for sp in chunk_params],  # k >= V: off
+                             dtype=torch.int32)
         top_p = torch.tensor([sp.top_p for sp in chunk_params], dtype=torch.float32)
         min_p = torch.tensor([sp.min_p for sp in chunk_params], dtype=torch.float32)
         offsets = torch.tensor(chunk_offset, dtype=torch.int64)

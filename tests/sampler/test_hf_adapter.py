@@ -98,3 +98,47 @@ def test_sliding_window_caps_the_context(models_dir):
     assert HFRunner(mistral).max_context == 128  # window 128 < max_position_embeddings 256
     with pytest.raises(ValueError, match=r"exceeds the model's context of 128"):
         Sampler(mistral).generate([[5] * 100], SamplingParams(max_new_tokens=29))
+
+
+def test_each_module_gets_its_own_train_or_eval_mode_back_and_sampling_runs_without_dropout(tmp_path):
+    from .tiny_models import build
+    model = build("gpt2", tmp_path)
+    model.config.resid_pdrop = model.transformer.h[0].mlp.dropout.p = 0.5  # dropout that would show
+    model.eval()
+    model.transformer.h[0].train()  # a part left in train mode, as a frozen/unfrozen mix may be
+    modes = {name: m.training for name, m in model.named_modules()}
+    sampler = Sampler(model, block_size=4)
+    runs = [sampler.generate([[5, 6, 7]], SamplingParams(max_new_tokens=6, temperature=0))[0].samples[0]
+            for _ in range(3)]
+    assert {name: m.training for name, m in model.named_modules()} == modes  # model.train() would flip them all
+    assert all(r.token_ids == runs[0].token_ids and r.logprobs == runs[0].logprobs for r in runs)
+
+
+def test_a_layer_whose_attention_bypasses_the_paged_cache_is_caught_eager_and_compiled(tmp_path):
+    from .tiny_models import build
+    model = build("llama", tmp_path)
+    attn = model.model.layers[1].self_attn
+    attn.forward = lambda hidden_states, *a, **k: (hidden_states * 0, None)  # e.g. remote code with its own attention
+    for compile in (False, True):
+        with pytest.raises(NotImplementedError, match=r"1 of its 2 layers attended through the paged KV cache"):
+            Sampler(model, compile=compile).generate([[5, 6]], SamplingParams(max_new_tokens=2))
+
+
+def test_the_vocabulary_follows_resize_token_embeddings(tmp_path):
+    from .tiny_models import build
+    model = build("llama", tmp_path)
+    sampler = Sampler(model, block_size=4)
+    model.resize_token_embeddings(VOCAB + 7, mean_resizing=False)
+    got = sampler.generate([[VOCAB + 3, 5]], SamplingParams(max_new_tokens=3, stop_token_ids=[VOCAB + 6]))[0]
+    assert len(got.samples[0].token_ids) == 3  # the new ids are accepted as prompt and stop tokens
+    model.resize_token_embeddings(VOCAB - 20, mean_resizing=False)
+    with pytest.raises(ValueError, match=rf"token id {VOCAB - 10} outside the model's vocabulary \[0, {VOCAB - 20}\)"):
+        sampler.generate([[VOCAB - 10]], SamplingParams(max_new_tokens=3))
+
+
+def test_a_sliding_window_config_whose_layers_all_attend_fully_does_not_cap_the_context():
+    import transformers as tf
+    cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=1, max_position_embeddings=256, use_sliding_window=True, sliding_window=16)
+    assert HFRunner(tf.Qwen2ForCausalLM(tf.Qwen2Config(**cfg, max_window_layers=2))).max_context == 256
+    assert HFRunner(tf.Qwen2ForCausalLM(tf.Qwen2Config(**cfg, max_window_layers=1))).max_context == 16
