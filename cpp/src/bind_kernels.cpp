@@ -35,12 +35,15 @@ std::string shape_str(const Array& a) {
 
 std::string dl_dtype_name(nb::dlpack::dtype t) {
   using C = nb::dlpack::dtype_code;
-  const char* base = t.code == (uint8_t)C::Float ? "float"
-                     : t.code == (uint8_t)C::Bfloat ? "bfloat"
-                     : t.code == (uint8_t)C::Int    ? "int"
-                     : t.code == (uint8_t)C::UInt   ? "uint"
-                     : t.code == (uint8_t)C::Bool   ? "bool"
-                                                     : "complex";
+  if (t.code == (uint8_t)C::Bool) return "bool";
+  const char* base = t.code == (uint8_t)C::Float    ? "float"
+                     : t.code == (uint8_t)C::Bfloat  ? "bfloat"
+                     : t.code == (uint8_t)C::Int     ? "int"
+                     : t.code == (uint8_t)C::UInt    ? "uint"
+                     : t.code == (uint8_t)C::Complex ? "complex"
+                                                      : nullptr;
+  if (!base)  // e.g. the float8 codes of newer DLPack versions
+    return "an unsupported type (DLPack code " + std::to_string(t.code) + ", " + std::to_string(t.bits) + " bits)";
   return std::string(base) + std::to_string(t.bits);
 }
 
@@ -132,6 +135,29 @@ Device common_device(const char* fn, const std::vector<std::pair<const char*, co
   return first.device;
 }
 
+using Named = std::vector<std::pair<const char*, const Tensor*>>;
+
+/// Whether two (row-major, checked) tensors share any byte of memory.
+bool overlaps(const Tensor& a, const Tensor& b) {
+  auto bytes = [](const Tensor& t) {
+    return t.numel() * (t.dtype == DType::I64 ? 8 : t.dtype == DType::BF16 || t.dtype == DType::F16 ? 2 : 4);
+  };
+  const char* pa = static_cast<const char*>(a.data);
+  const char* pb = static_cast<const char*>(b.data);
+  return a.numel() > 0 && b.numel() > 0 && pa < pb + bytes(b) && pb < pa + bytes(a);
+}
+
+/// A kernel writes its outputs while it still reads its inputs (and the other outputs): an output
+/// sharing memory with any other argument would give silently wrong results, so it is refused.
+/// Call after common_device (pointers are compared within one device).
+void outputs_apart(const char* fn, const Named& outputs, const Named& all) {
+  for (auto& [oname, o] : outputs)
+    for (auto& [name, t] : all)
+      if (t != o && overlaps(*o, *t))
+        throw nb::value_error((std::string(fn) + ": `" + oname + "` overlaps `" + name +
+                               "` in memory; pass separate tensors").c_str());
+}
+
 constexpr std::initializer_list<DType> kFloat = {DType::F32, DType::BF16, DType::F16};
 
 struct CacheViews {
@@ -166,7 +192,9 @@ void write_kv(const Array& k_cache, const Array& v_cache, const Array& k, const 
   expect_shape(tk, fn, "k", {T, c.kc.shape[2], c.kc.shape[3]}, "[num_tokens, num_kv_heads, head_dim] of the cache");
   expect_shape(tv, fn, "v", {T, c.kc.shape[2], c.kc.shape[3]}, "(same as k)");
   expect_shape(sm, fn, "slot_mapping", {T}, "[num_tokens]");
-  Device dev = common_device(fn, {{"k_cache", &c.kc}, {"v_cache", &c.vc}, {"k", &tk}, {"v", &tv}, {"slot_mapping", &sm}});
+  const Named all = {{"k_cache", &c.kc}, {"v_cache", &c.vc}, {"k", &tk}, {"v", &tv}, {"slot_mapping", &sm}};
+  Device dev = common_device(fn, all);
+  outputs_apart(fn, {all[0], all[1]}, all);
   if (T == 0) return;
   nb::gil_scoped_release release;
 #if defined(ALIGNKIT_WITH_CUDA)
@@ -181,7 +209,9 @@ void copy_blocks(const Array& k_cache, const Array& v_cache, const Array& src, c
   auto c = caches(fn, k_cache, v_cache);
   Tensor ts = view(src, fn, "src", {DType::I64}, 1), td = view(dst, fn, "dst", {DType::I64}, 1);
   expect_shape(td, fn, "dst", {ts.shape[0]}, "(same length as src)");
-  Device dev = common_device(fn, {{"k_cache", &c.kc}, {"v_cache", &c.vc}, {"src", &ts}, {"dst", &td}});
+  const Named all = {{"k_cache", &c.kc}, {"v_cache", &c.vc}, {"src", &ts}, {"dst", &td}};
+  Device dev = common_device(fn, all);
+  outputs_apart(fn, {all[0], all[1]}, all);
   if (ts.shape[0] == 0) return;
   nb::gil_scoped_release release;
 #if defined(ALIGNKIT_WITH_CUDA)
@@ -213,9 +243,13 @@ void paged_attention(const Array& out, const Array& q, const Array& k_cache, con
   const int64_t S = bt.shape[0];
   expect_shape(cl, fn, "context_lens", {S}, "[num_seqs] (rows of block_tables)");
   expect_shape(qs, fn, "query_start_loc", {S + 1}, "[num_seqs + 1]");
-  if (!std::isfinite(scale)) throw nb::value_error("paged_attention: `scale` must be finite");
-  Device dev = common_device(fn, {{"out", &to}, {"q", &tq}, {"k_cache", &c.kc}, {"v_cache", &c.vc},
-                                  {"block_tables", &bt}, {"context_lens", &cl}, {"query_start_loc", &qs}});
+  // The kernels take the scale as a float: a double beyond float's range would become inf.
+  if (!std::isfinite(static_cast<float>(scale)))
+    throw nb::value_error("paged_attention: `scale` must be finite in float32 (|scale| <= 3.4e38)");
+  const Named all = {{"out", &to}, {"q", &tq}, {"k_cache", &c.kc}, {"v_cache", &c.vc},
+                     {"block_tables", &bt}, {"context_lens", &cl}, {"query_start_loc", &qs}};
+  Device dev = common_device(fn, all);
+  outputs_apart(fn, {all[0]}, all);
   nb::gil_scoped_release release;
 #if defined(ALIGNKIT_WITH_CUDA)
   if (dev == Device::CUDA) {
@@ -253,13 +287,14 @@ void sample(const Array& logits, const Array& temperature, const Array& top_k, c
                 {&a.out_tokens, &out_tokens, "out_tokens", DType::I64},
                 {&a.out_logprobs, &out_logprobs, "out_logprobs", DType::F32},
                 {&a.out_raw_logprobs, &out_raw_logprobs, "out_raw_logprobs", DType::F32}};
-  std::vector<std::pair<const char*, const Tensor*>> all = {{"logits", &a.logits}};
+  Named all = {{"logits", &a.logits}};
   for (auto& r : rows) {
     *r.t = view(*r.arr, fn, r.name, {r.dt}, 1);
     expect_shape(*r.t, fn, r.name, {R}, "[R] (one per logits row)");
     all.emplace_back(r.name, r.t);
   }
   Device dev = common_device(fn, all);
+  outputs_apart(fn, Named(all.end() - 3, all.end()), all);  // out_tokens, out_logprobs, out_raw_logprobs
   if (R == 0) return;
   nb::gil_scoped_release release;
 #if defined(ALIGNKIT_WITH_CUDA)
@@ -288,7 +323,7 @@ void linear_checked(const char* fn, bool in_out, bool grouped, const std::vector
       else names.push_back(std::string(base) + (base[0] == 'b' ? "es[" : "s[") + std::to_string(i) + "]");
     }
   std::vector<Tensor> to(L), tw(L), tb(L);
-  std::vector<std::pair<const char*, const Tensor*>> all = {{"x", &tx}};
+  Named all = {{"x", &tx}};
   for (size_t i = 0; i < L; ++i) {
     const char *on = names[3 * i].c_str(), *wn = names[3 * i + 1].c_str(), *bn = names[3 * i + 2].c_str();
     tw[i] = view(weights[i], fn, wn, {DType::F32}, 2);
@@ -310,17 +345,9 @@ void linear_checked(const char* fn, bool in_out, bool grouped, const std::vector
   }
   if (common_device(fn, all) != Device::CPU)
     throw nb::value_error((std::string(fn) + ": this kernel runs on the CPU; on CUDA use torch's matmul").c_str());
-  // An output is written while the inputs and the other outputs are still in use: no shared memory.
-  auto overlaps = [](const Tensor& a, const Tensor& b) {
-    const char* pa = static_cast<const char*>(a.data);
-    const char* pb = static_cast<const char*>(b.data);
-    return a.numel() > 0 && b.numel() > 0 && pa < pb + b.numel() * 4 && pb < pa + a.numel() * 4;
-  };
-  for (size_t i = 0; i < L; ++i)
-    for (auto& [name, t] : all)
-      if (t != &to[i] && overlaps(to[i], *t))
-        throw nb::value_error((std::string(fn) + ": `" + names[3 * i] + "` overlaps `" + name +
-                               "`; pass a separate output tensor").c_str());
+  Named outputs;
+  for (size_t i = 0; i < L; ++i) outputs.emplace_back(names[3 * i].c_str(), &to[i]);
+  outputs_apart(fn, outputs, all);
   if (M == 0) return;
   nb::gil_scoped_release release;
   if (in_out) {

@@ -202,8 +202,9 @@ void check_sampling_params(const SampleArgs& a) {
   const float* mp = a.min_p.ptr<float>();
   for (int64_t r = 0; r < R; ++r) {
     const std::string row = "[" + std::to_string(r) + "]";
-    if (!(t[r] >= 0.f) || std::isinf(t[r]))
-      bad("sample: temperature" + row + " = " + std::to_string(t[r]) + "; expected a finite value >= 0 (0 = greedy)");
+    if (!(t[r] >= 0.f) || std::isinf(t[r]) || (t[r] > 0.f && t[r] < kMinTemperature))
+      bad("sample: temperature" + row + " = " + std::to_string(t[r]) + "; expected 0 (greedy) or a finite value >= " +
+          std::to_string(kMinTemperature) + " (logits / temperature must stay finite in float32)");
     if (k[r] < 0) bad("sample: top_k" + row + " = " + std::to_string(k[r]) + "; expected >= 0 (0 = off)");
     if (!(p[r] > 0.f && p[r] <= 1.f))
       bad("sample: top_p" + row + " = " + std::to_string(p[r]) + "; expected 0 < top_p <= 1 (1 = off)");

@@ -10,17 +10,22 @@ namespace alignkit {
 namespace {
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
 
-/// num_blocks, checked before the allocator is built: block tables hold int32 ids (the kernels' layout).
-int64_t table_addressable(int64_t num_blocks) {
-  if (num_blocks > std::numeric_limits<int32_t>::max())
+/// num_blocks, checked before the allocator is built: block tables hold int32 ids and context
+/// lengths are int32 (the kernels' layout), so neither the blocks nor the tokens they hold may pass 2**31.
+int64_t table_addressable(int64_t num_blocks, int64_t block_size) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (num_blocks > kMax)
     bad("Scheduler: num_blocks must be < 2**31 (block tables are int32), got " + std::to_string(num_blocks));
+  if (num_blocks > 0 && block_size > 0 && block_size > kMax / num_blocks)
+    bad("Scheduler: num_blocks * block_size = " + std::to_string(num_blocks) + " * " + std::to_string(block_size) +
+        " tokens must be < 2**31 (context lengths are int32); use fewer or smaller blocks");
   return num_blocks;
 }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 Scheduler::Scheduler(int64_t num_blocks, int64_t block_size, int64_t max_num_seqs, int64_t max_num_batched_tokens)
-    : alloc_(table_addressable(num_blocks), block_size),
+    : alloc_(table_addressable(num_blocks, block_size), block_size),
       block_size_(block_size),
       max_num_seqs_(max_num_seqs),
       max_num_batched_tokens_(max_num_batched_tokens) {
@@ -34,7 +39,9 @@ void Scheduler::add_group(int64_t group_id, const std::vector<int64_t>& prompt, 
                           const std::vector<std::vector<int64_t>>& stop_sequences, int64_t seed) {
   const std::string who = "add_group(group_id=" + std::to_string(group_id) + "): ";
   if (prompt.empty()) bad(who + "the prompt is empty; every prompt needs at least one token (e.g. BOS)");
-  if (n < 1) bad(who + "n must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxGroupSize)
+    bad(who + "n must be in [1, " + std::to_string(kMaxGroupSize) + "], got " + std::to_string(n) +
+        " (a group's samples are forked at once; split a larger group into several)");
   if (max_new_tokens < 1) bad(who + "max_new_tokens must be >= 1, got " + std::to_string(max_new_tokens));
   for (int64_t t : prompt)
     if (t < 0) bad(who + "prompt token id " + std::to_string(t) + " is negative");
@@ -45,8 +52,10 @@ void Scheduler::add_group(int64_t group_id, const std::vector<int64_t>& prompt, 
     if (seq->group->id == group_id)
       bad(who + "a group with this id has unfinished samples; give every live group its own id");
   // The longest sequence computes prompt + max_new_tokens - 1 tokens (the last one is never fed back).
-  const int64_t need = ceil_div(static_cast<int64_t>(prompt.size()) + max_new_tokens - 1, block_size_);
-  if (need > alloc_.num_blocks())
+  // In uint64: with max_new_tokens near 2**63 the int64 sum would overflow and pass the check.
+  const uint64_t tokens = static_cast<uint64_t>(prompt.size()) + static_cast<uint64_t>(max_new_tokens) - 1;
+  const uint64_t need = tokens / block_size_ + (tokens % block_size_ != 0);
+  if (need > static_cast<uint64_t>(alloc_.num_blocks()))
     bad(who + "a prompt of " + std::to_string(prompt.size()) + " tokens + max_new_tokens=" +
         std::to_string(max_new_tokens) + " needs " + std::to_string(need) + " KV blocks but the cache has only " +
         std::to_string(alloc_.num_blocks()) + "; enlarge the KV cache or lower max_new_tokens");

@@ -207,8 +207,9 @@ def test_paged_attention_rejects_head_counts_that_do_not_group():
 
 
 @pytest.mark.parametrize("field, bad, match", [
-    ("temperature", -0.5, r"temperature\[1\] = -0.5\d*; expected a finite value >= 0"),
+    ("temperature", -0.5, r"temperature\[1\] = -0.5\d*; expected 0 \(greedy\) or a finite value >= 0.000001"),
     ("temperature", float("nan"), r"temperature\[1\]"),
+    ("temperature", 1e-38, r"temperature\[1\] = 0.0\d*; .* must stay finite in float32"),  # logits / T -> inf
     ("top_k", -1, r"top_k\[1\] = -1; expected >= 0"),
     ("top_p", 0.0, r"top_p\[1\] = 0.0\d*; expected 0 < top_p <= 1"),
     ("top_p", 1.5, r"top_p\[1\]"),
@@ -226,3 +227,49 @@ def test_sample_rejects_an_empty_vocabulary():
     kw["logits"] = torch.empty(3, 0)
     with pytest.raises(ValueError, match=r"empty vocabulary"):
         ops.sample(**kw)
+
+
+def _overlapping(base, shape):
+    """A view of `base`'s first elements with `shape` (memory shared with `base`)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return base.view(-1)[:n].view(shape)
+
+
+@pytest.mark.parametrize("fn, output, other", [
+    ("paged_attention", "out", "q"), ("paged_attention", "out", "k_cache"), ("paged_attention", "out", "v_cache"),
+    ("write_kv", "k_cache", "v_cache"), ("write_kv", "k_cache", "k"), ("write_kv", "v_cache", "v"),
+    ("copy_blocks", "k_cache", "v_cache"),
+    ("sample", "out_logprobs", "logits"), ("sample", "out_tokens", "seeds"),
+    ("sample", "out_raw_logprobs", "out_logprobs"),
+])
+def test_an_output_sharing_memory_with_another_argument_is_refused(fn, output, other):
+    # The kernels write outputs while still reading their inputs: aliasing gave silently wrong results.
+    kw = BINDINGS[fn]()
+    if fn == "write_kv" and other in ("k", "v"):  # the input as a view into the cache it is written to
+        kw[other] = _overlapping(kw[output], tuple(kw[other].shape))
+    else:
+        kw[output] = _overlapping(kw[other], tuple(kw[output].shape)) if kw[other].dtype == kw[output].dtype \
+            else kw[other].view(kw[output].dtype) if kw[other].numel() == kw[output].numel() else None
+    assert kw[output] is not None
+    names = sorted([f"`{output}`", f"`{other}`"])
+    with pytest.raises(ValueError, match=rf"{fn}: ({re.escape(names[0])} overlaps {re.escape(names[1])}|"
+                                         rf"{re.escape(names[1])} overlaps {re.escape(names[0])}) in memory"):
+        _call(fn, kw)
+
+
+def test_a_scale_beyond_float32_is_refused_not_turned_into_nan_output():
+    kw = _paged_attention()
+    kw["scale"] = 1e39  # finite as a double, inf as the kernels' float
+    with pytest.raises(ValueError, match=r"`scale` must be finite in float32"):
+        ops.paged_attention(**kw)
+
+
+@pytest.mark.parametrize("dtype, shown", [(torch.bool, "got bool "), (torch.complex64, "got complex64"),
+                                          (torch.float8_e4m3fn, "got an unsupported type")])
+def test_the_dtype_error_names_the_dtype_given(dtype, shown):
+    kw = _linear()
+    kw["x"] = torch.zeros(3, 8, dtype=dtype)
+    with pytest.raises(TypeError, match=re.escape(shown)):
+        ops.linear(**kw)

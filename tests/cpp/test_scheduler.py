@@ -293,9 +293,12 @@ def test_a_group_larger_than_max_num_seqs_decodes_in_turns():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompt=[]), "prompt is empty"),
-    (dict(n=0), "n must be >= 1"),
+    (dict(n=0), r"n must be in \[1, 1048576\], got 0"),
+    (dict(n=2**20 + 1), r"n must be in \[1, 1048576\], got 1048577 .* split a larger group"),
     (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
     (dict(prompt=[1] * 30, max_new_tokens=4), r"needs 9 KV blocks but the cache has only 8"),
+    # prompt + max_new_tokens - 1 overflows int64: once accepted, the sequence then preempted itself forever
+    (dict(max_new_tokens=2**63 - 1), r"max_new_tokens=9223372036854775807 needs 2305843009213693952 KV blocks"),
     (dict(prompt=[1, -3]), "negative"),
     (dict(stop_sequences=[[]]), "empty stop sequence"),
 ])
@@ -321,6 +324,13 @@ def test_a_live_group_id_cannot_be_reused_until_its_group_finishes():
 def test_scheduler_rejects_more_blocks_than_int32_block_tables_hold():
     with pytest.raises(ValueError, match="num_blocks must be < 2\\*\\*31"):
         ops.Scheduler(num_blocks=2**31, block_size=4, max_num_seqs=4, max_num_batched_tokens=16)
+
+
+@pytest.mark.parametrize("num_blocks, block_size", [(2**20, 2**11), (2, 2**62)])
+def test_scheduler_rejects_more_cached_tokens_than_int32_context_lengths_hold(num_blocks, block_size):
+    with pytest.raises(ValueError, match=r"num_blocks \* block_size = .* tokens must be < 2\*\*31"):
+        ops.Scheduler(num_blocks=num_blocks, block_size=block_size, max_num_seqs=4, max_num_batched_tokens=16)
+    ops.Scheduler(num_blocks=2**19, block_size=2**11, max_num_seqs=4, max_num_batched_tokens=16)  # 2**30 tokens: fine
 
 
 def test_update_and_schedule_misuse_raise():

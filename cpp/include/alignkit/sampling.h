@@ -3,7 +3,9 @@
 // For each row r of logits [R, V] (fp32):
 //   1. raw_logprob      = log_softmax(logits)[token]                  (temperature 1)
 //   2. temperature T    : T == 0 -> greedy argmax (lowest id on ties); both reported
-//                         log-probs are then the T=1 ones. Otherwise z = logits / T.
+//                         log-probs are then the T=1 ones. Otherwise z = logits / T, with
+//                         T >= kMinTemperature (smaller ones would overflow z to inf and
+//                         make the log-probs NaN; the CPU binding rejects them).
 //   3. logprob          = log_softmax(z)[token] over the FULL vocabulary (not renormalised
 //                         after filtering: the quantity PPO/GRPO ratios use).
 //   4. min-p (0 = off)  : keep tokens with p >= min_p * p_max.
@@ -25,6 +27,9 @@
 #include "alignkit/tensor.h"
 
 namespace alignkit {
+
+/// Smallest nonzero temperature: logits up to ~3e32 in magnitude keep z = logits / T finite.
+constexpr float kMinTemperature = 1e-6f;
 
 /// Arguments of one sample() call; every tensor has R rows (logits: [R, V]).
 struct SampleArgs {

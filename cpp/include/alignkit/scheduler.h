@@ -65,6 +65,10 @@ struct Finished {
 /// Continuous-batching scheduler over a BlockAllocator (algorithm in the file comment).
 class Scheduler {
  public:
+  /// Most samples in one group: they are forked at once, each holding a reference to every
+  /// prompt block (int refcounts), and the Python Sampler splits groups by max_num_seqs anyway.
+  static constexpr int64_t kMaxGroupSize = int64_t{1} << 20;
+
   Scheduler(int64_t num_blocks, int64_t block_size, int64_t max_num_seqs, int64_t max_num_batched_tokens);
   Scheduler(const Scheduler&) = delete;  // owns its sequences
   Scheduler& operator=(const Scheduler&) = delete;
