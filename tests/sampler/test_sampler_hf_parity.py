@@ -87,3 +87,38 @@ def test_bfloat16_model_samples_with_bf16_cache_and_close_logprobs(models_dir):
         expect = _training_logprobs(model, g.prompt_token_ids, s.token_ids, 1.0)
         # bf16 activations: the paged and dense paths round differently, so only ~1e-2 agreement.
         torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), expect, atol=0.1, rtol=0)
+
+
+def _other_architecture(kind):
+    """A tiny random decoder of a family beyond the four fixtures (partial rotary, fused qkv, learned positions...)."""
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=128, bos_token_id=1, eos_token_id=EOS, pad_token_id=0)
+    torch.manual_seed(0)
+    if kind == "gpt_neox":  # partial rotary (rotary_pct), parallel residual, fused qkv
+        model = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common, rotary_pct=0.5))
+    elif kind == "phi3":  # fused qkv and gate/up projections
+        model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, num_key_value_heads=2))
+    elif kind == "gemma":  # scaled embeddings, GQA
+        model = tf.GemmaForCausalLM(tf.GemmaConfig(**common, num_key_value_heads=1, head_dim=16))
+    else:  # "opt": learned positions with an offset, biases everywhere
+        model = tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                                               num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
+                                               bos_token_id=1, eos_token_id=EOS, pad_token_id=0))
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8.0)  # well-separated greedy decisions, as in tiny_models
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["gpt_neox", "phi3", "gemma", "opt"])
+def test_other_architectures_match_hf_generate_and_a_training_forward(kind):
+    model = _other_architecture(kind)
+    prompts = _prompts(2, [3, 10, 7])
+    sampler = Sampler(model, block_size=4, max_num_seqs=2, max_num_batched_tokens=8)
+    greedy = sampler.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=9, stop_token_ids=[EOS]))
+    assert [g.samples[0].token_ids for g in greedy] == _hf_greedy(model, prompts, 9)
+    for g in sampler.generate(prompts, SamplingParams(n=2, temperature=0.8, max_new_tokens=9, seed=3)):
+        for s in g.samples:
+            expect = _training_logprobs(model, g.prompt_token_ids, s.token_ids, 0.8)
+            torch.testing.assert_close(torch.tensor(s.logprobs, dtype=torch.float64), expect, atol=1e-5, rtol=0)
