@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -244,7 +245,7 @@ void paged_attention(const Array& out, const Array& q, const Array& k_cache, con
   expect_shape(cl, fn, "context_lens", {S}, "[num_seqs] (rows of block_tables)");
   expect_shape(qs, fn, "query_start_loc", {S + 1}, "[num_seqs + 1]");
   // The kernels take the scale as a float: a double beyond float's range would become inf.
-  if (!std::isfinite(static_cast<float>(scale)))
+  if (!(std::fabs(scale) <= static_cast<double>(std::numeric_limits<float>::max())))  // also NaN
     throw nb::value_error("paged_attention: `scale` must be finite in float32 (|scale| <= 3.4e38)");
   const Named all = {{"out", &to}, {"q", &tq}, {"k_cache", &c.kc}, {"v_cache", &c.vc},
                      {"block_tables", &bt}, {"context_lens", &cl}, {"query_start_loc", &qs}};
@@ -294,7 +295,8 @@ void sample(const Array& logits, const Array& temperature, const Array& top_k, c
     all.emplace_back(r.name, r.t);
   }
   Device dev = common_device(fn, all);
-  outputs_apart(fn, Named(all.end() - 3, all.end()), all);  // out_tokens, out_logprobs, out_raw_logprobs
+  // The last three rows of `rows` (so of `all`) are the outputs: out_tokens, out_logprobs, out_raw_logprobs.
+  outputs_apart(fn, Named(all.end() - 3, all.end()), all);
   if (R == 0) return;
   nb::gil_scoped_release release;
 #if defined(ALIGNKIT_WITH_CUDA)

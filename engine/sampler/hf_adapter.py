@@ -49,7 +49,10 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
         raise RuntimeError(
             f"attention implementation {ATTN_NAME!r} was called without paged metadata: it is only "
             "active inside alignkit Sampler forwards. Do not set it on a model yourself; if you run the "
-            "model from another thread while it samples, give that thread its own model copy.")
+            "model from another thread while it samples, give that thread its own model copy. If a Sampler "
+            f"was driving {type(module).__name__}, its layers do not pass keyword arguments on to the "
+            "attention function (e.g. Falcon), so the paged cache cannot serve it: sample it with "
+            "model.generate, or wrap it in an alignkit Runner.")
     for unsupported in ("softcap", "s_aux"):  # soft-capping, attention sinks: not in the kernel
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(f"paged attention does not support {unsupported!r} yet "
@@ -98,16 +101,14 @@ class HFRunner:
         if model.get_output_embeddings() is None:
             raise TypeError(f"{type(model).__name__} has no LM head; pass the *ForCausalLM / *LMHeadModel "
                             "class (e.g. AutoModelForCausalLM), not the bare base model")
-        # Models whose attention layers do not look their function up in transformers' attention
-        # interface (Bloom, GPT-Neo, Falcon, MPT, StableLM in transformers 5) would run their own
-        # attention over the packed step: no cache, sequences mixed, wrong log-probs. transformers
-        # marks the others with this flag; `forward` also counts the layers that attended.
-        if getattr(model, "_supports_attention_backend", None) is False:
-            raise NotImplementedError(
-                f"{type(model).__name__} does not route its attention through transformers' attention "
-                "interface (its _supports_attention_backend is False), so the sampler cannot give it the "
-                "paged KV cache; sample it with model.generate, or wrap it in an alignkit Runner")
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        # ALiBi models put their position biases into the attention mask, which the paged kernel
+        # (positions come from the block tables) does not read: they would pass the layer count
+        # in `forward` and still be sampled from the wrong distribution.
+        if getattr(text_config, "alibi", False):
+            raise NotImplementedError(
+                f"{type(model).__name__} uses ALiBi position biases, which the paged attention kernel does "
+                "not implement; sample it with model.generate, or wrap it in an alignkit Runner")
         # The paged kernel computes plain softmax attention; a model whose attention is soft-capped
         # would be sampled from a different distribution than its training forward computes.
         if getattr(text_config, "attn_logit_softcapping", None):
@@ -141,6 +142,7 @@ class HFRunner:
         self._configs = list(configs.values())
         params = inspect.signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in params
+        self._modules: list[torch.nn.Module] | None = None  # the model's modules, listed once per call
         self._compiled = False
         self._routing_checked = False  # a compiled runner checks its first step, run eagerly
         self._linear_forwards: list[tuple[torch.nn.Linear, Any]] = []
@@ -170,19 +172,28 @@ class HFRunner:
         # Sampling is inference (no dropout): every module in train mode is switched off and
         # back on, one by one, so a model whose submodules are in mixed modes (a frozen part
         # kept in eval) gets each module's own mode back, which model.train() would not give.
-        training = [m for m in self.model.modules() if m.training]
+        # The module list is walked once per `generate` call (refresh), not every step: ~0.6 us a
+        # module, a quarter of a millisecond a step on a 32-layer model. The flags are written to
+        # the instance dicts directly: nn.Module.__setattr__'s bookkeeping costs more per module.
+        if self._modules is None:
+            self.refresh()
+        training = [m for m in self._modules if m.training]
         try:
             for c in self._configs:
                 c._attn_implementation_internal = ATTN_NAME
             for m in training:
-                m.training = False
+                m.__dict__["training"] = False
             with decode_linears(self._decode_linear_forwards()):
                 yield
         finally:
             for c, s in zip(self._configs, saved):
                 c._attn_implementation_internal = s
             for m in training:
-                m.training = True
+                m.__dict__["training"] = True
+
+    def refresh(self) -> None:
+        """List the model's modules again (the Sampler calls it at the start of each call: adapters may have been added)."""
+        self._modules = list(self.model.modules())
 
     def _decode_linear_forwards(self) -> list[tuple[torch.nn.Module, Any]]:
         # One decode forward per nn.Linear and Conv1D (GPT-2), kept across steps (the same function
@@ -210,18 +221,24 @@ class HFRunner:
         with self._paged_mode():
             if self._compiled and self._routing_checked:
                 return self._model_step(input_ids, positions, attn)
-            # Eager steps (and a compiled runner's first one, which gives the same results) count
-            # the layers that attended through the paged cache: a layer that ran attention of its
-            # own would see only this step's packed tokens, and its samples would be wrong.
+            # Eager steps (and a compiled runner's first one) count the layers that attended through
+            # the paged cache: a layer that ran attention of its own would see only this step's
+            # packed tokens, and its samples would be wrong.
             attn.layers_attended = 0
-            logits = HFRunner._model_step(self, input_ids, positions, attn)
+            logits = type(self)._model_step(self, input_ids, positions, attn)
             if attn.layers_attended != self.num_layers:
                 raise NotImplementedError(
-                    f"{type(self.model).__name__}: {attn.layers_attended} of its {self.num_layers} layers "
-                    "attended through the paged KV cache in this step; the others ran attention of their "
-                    "own (it does not use transformers' attention interface), which would give wrong "
-                    "samples. Sample this model with model.generate, or wrap it in an alignkit Runner")
+                    f"{type(self.model).__name__}: {attn.layers_attended} paged-attention calls in a step of its "
+                    f"{self.num_layers} layers (one each expected): its layers do not all attend through "
+                    "transformers' attention interface (attention of their own, or layers without attention), "
+                    "so the paged KV cache cannot serve it. Sample this model with model.generate, or wrap it "
+                    "in an alignkit Runner")
             self._routing_checked = True
+            if self._compiled:
+                # Run the step again compiled, so that the K/V it leaves in the cache (the same slots,
+                # overwritten) and its logits are the compiled ones: eager and compiled steps agree
+                # only to rounding, and a seeded call must give what the next identical call gives.
+                logits = self._model_step(input_ids, positions, attn)
             return logits
 
     def _model_step(self, input_ids: torch.Tensor, positions: torch.Tensor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -47,9 +48,18 @@ def _has_int_dtype(x: Any) -> bool:
     return getattr(getattr(x, "dtype", None), "kind", None) in ("i", "u")
 
 
-def _is_token_id(t: Any) -> bool:
-    # bool is Integral, and int() would silently truncate a float or parse a string: all refused.
-    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
+def _token_id(t: Any) -> int | None:
+    """t as an int if it is an integer (Python, numpy, or a 0-d integer tensor), else None.
+
+    operator.index, not int(): int() would truncate a float and parse a string. Bools (and bool
+    tensors) are refused too: a True in a prompt is a bug, not token 1.
+    """
+    if isinstance(t, bool) or (isinstance(t, torch.Tensor) and t.dtype == torch.bool):
+        return None
+    try:
+        return operator.index(t)
+    except TypeError:
+        return None
 
 
 @dataclass
@@ -212,11 +222,12 @@ class Sampler:
                 raise TypeError(f"prompt {i} is a {type(p).__name__}; expected a list of token ids")
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token (e.g. BOS)")
-            for j, t in enumerate(p):
-                if not _is_token_id(t):
-                    raise TypeError(f"prompt {i}, position {j}: {t!r} ({type(t).__name__}) is not a token id; "
-                                    "token ids are ints")
-            p = [int(t) for t in p]  # numpy ints -> int
+            ids = [_token_id(t) for t in p]
+            if None in ids:
+                j = ids.index(None)
+                raise TypeError(f"prompt {i}, position {j}: {p[j]!r} ({type(p[j]).__name__}) is not a token id; "
+                                "token ids are ints")
+            p = ids
             bad = [t for t in p if not 0 <= t < vocab]
             if bad:
                 raise ValueError(f"prompt {i} has token id {bad[0]} outside the model's vocabulary [0, {vocab})")
@@ -278,6 +289,8 @@ class Sampler:
 
     def _run_locked(self, prompts: list[list[int]], plist: list[SamplingParams]) -> Iterator[Sample]:
         cache = self._ensure_cache(prompts, plist)
+        if isinstance(self.runner, HFRunner):
+            self.runner.refresh()  # modules added since the last call (e.g. adapters) are seen
         sched = self.ops.Scheduler(cache.num_blocks, self.block_size, self.max_num_seqs, self.max_num_batched_tokens)
         base_seed = None
         # The scheduler forks a group into n running sequences at once, so a group larger than

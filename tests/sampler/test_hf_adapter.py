@@ -100,12 +100,17 @@ def test_sliding_window_caps_the_context(models_dir):
         Sampler(mistral).generate([[5] * 100], SamplingParams(max_new_tokens=29))
 
 
-def test_each_module_gets_its_own_train_or_eval_mode_back_and_sampling_runs_without_dropout(tmp_path):
+@pytest.mark.parametrize("root_training", [False, True])
+def test_each_module_gets_its_own_train_or_eval_mode_back_and_sampling_runs_without_dropout(tmp_path, root_training):
     from .tiny_models import build
     model = build("gpt2", tmp_path)
     model.config.resid_pdrop = model.transformer.h[0].mlp.dropout.p = 0.5  # dropout that would show
-    model.eval()
-    model.transformer.h[0].train()  # a part left in train mode, as a frozen/unfrozen mix may be
+    # An eval model with one block in train mode, or a training model with a frozen block in eval:
+    # model.train() afterwards would flip the frozen block back to train.
+    model.train(root_training)
+    model.transformer.h[0].train(not root_training)
+    if root_training:
+        model.transformer.h[1].mlp.dropout.p = 0.5
     modes = {name: m.training for name, m in model.named_modules()}
     sampler = Sampler(model, block_size=4)
     runs = [sampler.generate([[5, 6, 7]], SamplingParams(max_new_tokens=6, temperature=0))[0].samples[0]
@@ -120,7 +125,7 @@ def test_a_layer_whose_attention_bypasses_the_paged_cache_is_caught_eager_and_co
     attn = model.model.layers[1].self_attn
     attn.forward = lambda hidden_states, *a, **k: (hidden_states * 0, None)  # e.g. remote code with its own attention
     for compile in (False, True):
-        with pytest.raises(NotImplementedError, match=r"1 of its 2 layers attended through the paged KV cache"):
+        with pytest.raises(NotImplementedError, match=r"1 paged-attention calls in a step of its 2 layers \(one each expected\)"):
             Sampler(model, compile=compile).generate([[5, 6]], SamplingParams(max_new_tokens=2))
 
 

@@ -102,6 +102,8 @@ def _other_architecture(kind):
         model = tf.Phi3ForCausalLM(tf.Phi3Config(**common, num_key_value_heads=2))
     elif kind == "gemma":  # scaled embeddings, GQA
         model = tf.GemmaForCausalLM(tf.GemmaConfig(**common, num_key_value_heads=1, head_dim=16))
+    elif kind == "biogpt":  # uses the attention interface without declaring _supports_attention_backend
+        model = tf.BioGptForCausalLM(tf.BioGptConfig(**{**common, "max_position_embeddings": 130}))
     else:  # "opt": learned positions with an offset, biases everywhere
         model = tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
                                                num_attention_heads=4, max_position_embeddings=128, word_embed_proj_dim=64,
@@ -111,7 +113,7 @@ def _other_architecture(kind):
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["gpt_neox", "phi3", "gemma", "opt"])
+@pytest.mark.parametrize("kind", ["gpt_neox", "phi3", "gemma", "opt", "biogpt"])
 def test_other_architectures_match_hf_generate_and_a_training_forward(kind):
     model = _other_architecture(kind)
     prompts = _prompts(2, [3, 10, 7])
