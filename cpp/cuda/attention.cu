@@ -148,8 +148,7 @@ void write_kv_cuda(const Tensor& k_cache, const Tensor& v_cache, const Tensor& k
 void copy_blocks_cuda(const Tensor& k_cache, const Tensor& v_cache, const Tensor& src, const Tensor& dst,
                       uintptr_t stream) {
   cuda::DeviceGuard guard(k_cache.device_id);
-  const int64_t esize = k_cache.dtype == DType::F32 ? 4 : 2;
-  const int64_t bytes = k_cache.shape[1] * k_cache.shape[2] * k_cache.shape[3] * esize;
+  const int64_t bytes = k_cache.shape[1] * k_cache.shape[2] * k_cache.shape[3] * element_size(k_cache.dtype);
   const unsigned chunks = static_cast<unsigned>(std::min<int64_t>(64, (bytes + 255) / 256));
   copy_blocks_kernel<<<dim3(static_cast<unsigned>(src.shape[0]), chunks), 256, 0, cuda::as_stream(stream)>>>(
       k_cache.ptr<char>(), v_cache.ptr<char>(), src.ptr<int64_t>(), dst.ptr<int64_t>(), bytes, k_cache.shape[0]);

@@ -444,8 +444,7 @@ void copy_blocks_cpu(const Tensor& k_cache, const Tensor& v_cache, const Tensor&
       bad("copy_blocks: pair " + std::to_string(i) + " (src " + std::to_string(s[i]) + ", dst " +
           std::to_string(d[i]) + ") has a block id outside [0, num_blocks = " + std::to_string(nb) + ")");
   }
-  const int64_t esize = k_cache.dtype == DType::F32 ? 4 : 2;
-  const int64_t bytes = k_cache.shape[1] * k_cache.shape[2] * k_cache.shape[3] * esize;
+  const int64_t bytes = k_cache.shape[1] * k_cache.shape[2] * k_cache.shape[3] * element_size(k_cache.dtype);
   char* kd = k_cache.ptr<char>();
   char* vd = v_cache.ptr<char>();
   for (int64_t i = 0; i < n; ++i) {

@@ -140,12 +140,9 @@ using Named = std::vector<std::pair<const char*, const Tensor*>>;
 
 /// Whether two (row-major, checked) tensors share any byte of memory.
 bool overlaps(const Tensor& a, const Tensor& b) {
-  auto bytes = [](const Tensor& t) {
-    return t.numel() * (t.dtype == DType::I64 ? 8 : t.dtype == DType::BF16 || t.dtype == DType::F16 ? 2 : 4);
-  };
   const char* pa = static_cast<const char*>(a.data);
   const char* pb = static_cast<const char*>(b.data);
-  return a.numel() > 0 && b.numel() > 0 && pa < pb + bytes(b) && pb < pa + bytes(a);
+  return a.numel() > 0 && b.numel() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
 }
 
 /// A kernel writes its outputs while it still reads its inputs (and the other outputs): an output

@@ -310,8 +310,8 @@ class Sampler:
         # Per-chunk sampling settings, gathered per row with the plan's group (chunk) ids.
         chunk_params = [plist[i] for i in chunk_prompt]
         temperature = torch.tensor([sp.temperature for sp in chunk_params], dtype=torch.float32)
-        top_k = torch.tensor([min(sp.top_k, self.runner.vocab_size) for sp in chunk_params],  # k >= V: off
-                             dtype=torch.int32)
+        vocab = self.runner.vocab_size
+        top_k = torch.tensor([min(sp.top_k, vocab) for sp in chunk_params], dtype=torch.int32)  # k >= V: off
         top_p = torch.tensor([sp.top_p for sp in chunk_params], dtype=torch.float32)
         min_p = torch.tensor([sp.min_p for sp in chunk_params], dtype=torch.float32)
         offsets = torch.tensor(chunk_offset, dtype=torch.int64)

@@ -24,6 +24,11 @@ enum class Device : int { CPU = 0, CUDA = 1 };
 /// Human name of a dtype, used in error messages ("float32", "bfloat16", ...).
 const char* dtype_name(DType t);
 
+/// Bytes of one element of a dtype.
+inline int64_t element_size(DType t) {
+  return t == DType::I64 ? 8 : (t == DType::BF16 || t == DType::F16) ? 2 : 4;
+}
+
 /// A dense, row-major (C-contiguous) tensor view; at most 4 dimensions.
 struct Tensor {
   void* data = nullptr;
@@ -39,6 +44,8 @@ struct Tensor {
     for (int i = 0; i < ndim; ++i) n *= shape[i];
     return n;
   }
+  /// Bytes spanned (the view is row-major and dense).
+  int64_t nbytes() const { return numel() * element_size(dtype); }
   /// Size of dimension i (0 for dimensions beyond ndim).
   int64_t size(int i) const { return i < ndim ? shape[i] : 0; }
   /// Typed pointer to the first element.
