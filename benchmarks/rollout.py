@@ -342,7 +342,8 @@ def main() -> None:
         ours_forward_share=round(stats.forward_seconds / stats.seconds, 3) if args.device == "cpu" else None,
         ours_warmup_s=round(_warmup_s[not args.no_compile], 2), ours_compiles_during_run=compiles[head],
         ours_eager_tok_s=round(eager_tok / eager_s, 1), ours_eager_warmup_s=round(_warmup_s[False], 2),
-        gemm_peak_gflops=round(peak, 1), gemm_peak_lowest_gflops=round(min(peaks), 1), ours_gflops=round(flops / ours_s / 1e9, 2),
+        gemm_peak_gflops=round(peak, 1), gemm_peak_lowest_gflops=round(min(peaks), 1),
+        ours_gflops=round(flops / ours_s / 1e9, 2),
         flops_fraction=round(flops / ours_s / 1e9 / peak, 3),
     )
     if not args.skip_baselines:
