@@ -17,6 +17,7 @@ import torch
 from .cpu_linear import cpu_linear_op
 from .custom_ops import define_op, registered_once
 from .kernels import default_kernels
+from .kv_cache import KVCache
 
 RECOMPILE_LIMIT = 64  # graphs one compiled step may hold (dynamo's default is 8 per code object)
 # The setting's name: recompile_limit since torch 2.7, cache_size_limit before (pyproject allows 2.4+).
@@ -81,6 +82,22 @@ def _no_duck_shapes() -> contextlib.AbstractContextManager:
     if not hasattr(fx_config, "use_duck_shape"):  # older torch: nothing to turn off
         return contextlib.nullcontext()
     return fx_config.patch(use_duck_shape=False)
+
+
+def specialise_cache_layout(cache: KVCache) -> None:
+    """Give torch.compile each K/V block tensor's block, head and head-dim sizes as constants.
+
+    Traced with dynamic shapes and without duck sizing, every dimension of every cache tensor is
+    a symbol of its own, which each step passes into the graph and guards: four per tensor, two
+    tensors per layer. Only the block count differs between the caches a Sampler allocates (it
+    follows the workload); the other three are fixed by the model and the Sampler, so they are
+    marked static (a cache of another layout would compile graphs of its own, and be correct).
+    Measured on the benchmark's rollout (2 CPU threads): faster in 7 of 8 paired rollouts,
+    median 0.044 s of 1.58 s.
+    """
+    for t in cache.k + cache.v:
+        for dim in range(1, t.dim()):
+            torch._dynamo.mark_static(t, dim)
 
 
 def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:

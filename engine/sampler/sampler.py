@@ -146,6 +146,7 @@ class Sampler:
         self._set_kernel_threads = getattr(ops, "set_num_threads", None)
         self._forward = self.runner.forward
         self._compile_failure: tuple[type[BaseException], ...] = ()
+        self._compiled = compile
         if compile:
             from torch._dynamo.exc import BackendCompilerFailed
 
@@ -272,6 +273,10 @@ class Sampler:
         if self.cache is None or self.cache.num_blocks != num_blocks or not self.cache.matches(**shape):
             self.cache = None  # free the old one first
             self.cache = KVCache.allocate(num_blocks=num_blocks, **shape)
+            if self._compiled:
+                from .compiled_step import specialise_cache_layout
+
+                specialise_cache_layout(self.cache)
         return self.cache
 
     # ----------------------------------------------------------------- the loop

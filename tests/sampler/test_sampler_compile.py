@@ -119,6 +119,22 @@ def test_warmed_up_graphs_serve_other_batch_sizes_without_compiling(models_dir):
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_a_compiled_samplers_cache_has_static_inner_sizes_and_a_block_count_that_may_grow(models_dir):
+    """Block size, KV heads and head dim are constants of the graphs; a larger cache for a larger workload compiles nothing."""
+    sampler = Sampler(build("llama", models_dir), block_size=4, compile=True)
+    sampler.generate(_prompts([5, 7]), SamplingParams(n=1, max_new_tokens=6, seed=0))
+    sampler.generate(_prompts([6]), SamplingParams(n=1, max_new_tokens=6, seed=0))
+    small, graphs = sampler.cache.num_blocks, counters["stats"]["unique_graphs"]
+    eager = Sampler(sampler.runner.model, block_size=4)
+    prompts, params = _prompts([9, 12, 20], seed=2), SamplingParams(n=4, max_new_tokens=10, seed=2)
+    got = sampler.generate(prompts, params)
+    assert sampler.cache.num_blocks > small  # a new cache, sized to the larger workload
+    assert counters["stats"]["unique_graphs"] == graphs
+    _assert_same_samples(_flat(got), _flat(eager.generate(prompts, params)))
+    # What torch._dynamo.mark_static records on a tensor: every dimension but the block count.
+    assert all(t._dynamo_static_indices == {1, 2, 3} for t in sampler.cache.k + sampler.cache.v)
+
+
 def test_a_compiled_samplers_first_call_gives_what_the_next_identical_call_gives(models_dir):
     # Its first step also runs eagerly once (the check that every layer attends through the cache);
     # the step is then re-run compiled, so the cache and the draws are the compiled ones from the start.
