@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -74,8 +74,7 @@ def _no_duck_shapes() -> contextlib.AbstractContextManager:
     equality: a warm-up step with 4 sampled rows and 4 KV heads made a graph valid only while the
     rows equalled the heads, so the first real workload compiled two graphs more (~3 s of a
     5 s rollout). Distinct symbols make each graph valid for every size the step can take.
-    The setting is process-wide while a step runs: a torch.compile traced meanwhile in another
-    thread would trace without duck sizing too (correct, at worst a little less specialised).
+    Held by `CompiledStep.tracing_settings` (which says who else sees it).
     """
     import torch.fx.experimental._config as fx_config
 
@@ -100,7 +99,46 @@ def specialise_cache_layout(cache: KVCache) -> None:
             torch._dynamo.mark_static(t, dim)
 
 
-def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
+class CompiledStep:
+    """A sampler step under `torch.compile(dynamic=True)`, with a compile cache of its own (see `compile_step`)."""
+
+    def __init__(self, compiled: Callable[..., Any]):
+        self._compiled = compiled
+        self._held = False
+
+    @contextlib.contextmanager
+    def tracing_settings(self) -> Iterator[None]:
+        """Hold the settings a (re)compile of this step traces under, for one step or a whole `generate` call.
+
+        Dynamo specialises sizes 0 and 1 of every varying dimension (tokens, sequences, sampled
+        rows, block-table width) and chance equalities between them, so a sampler with chunked
+        prefill can need more than the default 8 graphs; past the limit dynamo would silently run
+        the step eagerly: the limit is raised to RECOMPILE_LIMIT, and duck sizing is off
+        (`_no_duck_shapes`). Both are read only when a step compiles, but nothing says in advance
+        which step will, so they are held around every step; a `generate` call holds them once for
+        all its steps (each entry costs ~0.1 ms a step in a rollout). torch 2.13 keeps config
+        patches per thread (ContextVars), so they concern this thread only; older torch versions
+        keep them process-wide: a torch.compile traced meanwhile in another thread would see them
+        (correct, at most less specialised), and two compiled Samplers sampling in two threads at
+        once could undo each other's settings (at worst a step past the default limit of 8 graphs
+        runs eagerly, or the settings outlast both calls).
+        """
+        if self._held:  # already held by the caller (a generate call around its steps)
+            yield
+            return
+        self._held = True
+        try:
+            with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}), _no_duck_shapes():
+                yield
+        finally:
+            self._held = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.tracing_settings():
+            return self._compiled(*args, **kwargs)
+
+
+def compile_step(step: Callable[..., Any]) -> CompiledStep:
     """`torch.compile(step, dynamic=True)` with a compile cache of its own.
 
     Dynamo keeps compiled graphs, and its recompile limit (8), per code object. Each model needs
@@ -118,14 +156,4 @@ def compile_step(step: Callable[..., Any]) -> Callable[..., Any]:
         fresh.__kwdefaults__ = fn.__kwdefaults__
         if isinstance(step, types.MethodType):
             fresh = types.MethodType(fresh, step.__self__)
-    compiled = torch.compile(fresh, dynamic=True, options=_inductor_options())
-
-    def step_with_graph_budget(*args: Any, **kwargs: Any) -> Any:
-        # Dynamo specialises sizes 0 and 1 of every varying dimension (tokens, sequences, sampled
-        # rows, block-table width) and chance equalities between them, so a sampler with chunked
-        # prefill can need more than the default 8 graphs; past the limit dynamo would silently
-        # run the step eagerly. The raised limit applies to this step's frame only.
-        with torch._dynamo.config.patch(**{_LIMIT_NAME: RECOMPILE_LIMIT}), _no_duck_shapes():
-            return compiled(*args, **kwargs)
-
-    return step_with_graph_budget
+    return CompiledStep(torch.compile(fresh, dynamic=True, options=_inductor_options()))

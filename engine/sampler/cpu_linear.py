@@ -17,9 +17,9 @@ features), batch-invariant the same way. That costs speed against MKL, which pac
 on the AVX-512 VM, 56 rows x 768 x 2304 take 1137 us (MKL 849), and a GPT-2 (d=256, 4 layers)
 rollout of the benchmark's workload runs at 0.93-0.97x the tokens/s it has with `addmm`.
 
-The swap is active only inside a sampler forward, like the attention switch: training forwards
-use the module's own forward, and a forward that needs gradients falls back to `F.linear` (Conv1D:
-its own `addmm`). It reads the module's parameters at call time (no copy, no packed cache), so a
+The swap is active only inside a sampler forward (a `generate` call holds it over all its
+steps), like the attention switch: training forwards use the module's own forward, and a forward
+that needs gradients falls back to `F.linear` (Conv1D: its own `addmm`). It reads the module's parameters at call time (no copy, no packed cache), so a
 training step is visible to the next sampler step. Inside `torch.compile` each layer is one call of
 the op `alignkit::cpu_linear` (Conv1D: `alignkit::cpu_linear_kn`), and layers that read the same
 input are then grouped into one `alignkit::cpu_linear_group` call (linear_grouping.py).
@@ -148,7 +148,7 @@ def decode_linears(forwards: Sequence[tuple[torch.nn.Module, Callable[..., Any]]
     swapped = []
     try:
         for module, forward in forwards:
-            if runs_decode_kernel(module):  # checked per step: the model may have moved or been cast
+            if runs_decode_kernel(module):  # checked at every swap: the model may have moved or been cast
                 # The instance dict directly: nn.Module.__setattr__'s bookkeeping costs ~5 us a layer.
                 module.__dict__["forward"] = forward
                 swapped.append(module)

@@ -4,12 +4,14 @@ How: transformers looks attention up by name (`config._attn_implementation`) in
 `AttentionInterface`, and forwards unknown keyword arguments of `model.forward` down to that
 attention function. We register `alignkit_paged` there (and a mask builder that builds no
 mask in `AttentionMaskInterface`: causality comes from the paged metadata), switch the model's
-configs to it only for the duration of one sampler forward, and pass the step's
+configs to it only while the sampler runs the model (one forward of a `stream`, a whole
+`generate` call), and pass the step's
 `PagedAttention` as the `alignkit_paged` keyword. `position_ids` carries each packed token's
 position (rotary / learned embeddings); `logits_to_keep` (a 1-D index tensor) makes the
 LM head run only on the rows that are sampled; on the CPU plain fp32 `nn.Linear` and Conv1D
-(GPT-2) layers run through alignkit's decode kernels during the step (cpu_linear.py). Outside a sampler forward the
-model keeps its own attention (sdpa/eager/flash) and linear layers, so training is untouched.
+(GPT-2) layers run through alignkit's decode kernels meanwhile (cpu_linear.py). Outside a sampler
+call (and between the samples of a stream) the model keeps its own attention (sdpa/eager/flash)
+and linear layers, so training is untouched.
 
 The cache object is alignkit's `PagedAttention` (the step's block tables over the `KVCache`),
 handed to the attention function as that keyword, not a transformers `Cache` passed as
@@ -22,7 +24,7 @@ many sequences at different lengths and positions into one row; the model runs w
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
 import torch
@@ -144,9 +146,9 @@ class HFRunner:
         self._logits_to_keep = "logits_to_keep" in params
         self._modules: list[torch.nn.Module] | None = None  # the model's modules, listed once per call
         self._compiled = False
+        self._in_session = False  # inside session(): the paged mode is held by the caller
         self._routing_checked = False  # a compiled runner checks its first step, run eagerly
-        self._linear_forwards: list[tuple[torch.nn.Linear, Any]] = []
-        self._linears_of_head: Any = None  # the LM head the list was built with
+        self._linear_forwards: list[tuple[torch.nn.Module, Any]] = []  # (layer, its decode forward): refresh
         register_paged_attention()
 
     @property
@@ -166,8 +168,8 @@ class HFRunner:
 
     @contextmanager
     def _paged_mode(self) -> Iterator[None]:
-        # Switch only for this forward and always restore, so a training forward between two
-        # sampler steps (e.g. while a `stream` is suspended) sees the model exactly as it was.
+        # Switch only for this forward (or a generate call: session) and always restore, so a training
+        # forward between two sampler steps (e.g. while a `stream` is suspended) sees the model exactly as it was.
         saved = [c._attn_implementation_internal for c in self._configs]
         # Sampling is inference (no dropout): every module in train mode is switched off and
         # back on, one by one, so a model whose submodules are in mixed modes (a frozen part
@@ -183,7 +185,7 @@ class HFRunner:
                 c._attn_implementation_internal = ATTN_NAME
             for m in training:
                 m.__dict__["training"] = False
-            with decode_linears(self._decode_linear_forwards()):
+            with decode_linears(self._linear_forwards):
                 yield
         finally:
             for c, s in zip(self._configs, saved):
@@ -194,17 +196,17 @@ class HFRunner:
     def refresh(self) -> None:
         """List the model's modules again (the Sampler calls it at the start of each call: adapters may have been added)."""
         self._modules = list(self.model.modules())
-
-    def _decode_linear_forwards(self) -> list[tuple[torch.nn.Module, Any]]:
-        # One decode forward per nn.Linear and Conv1D (GPT-2), kept across steps (the same function
-        # objects every step: torch.compile guards on them); rebuilt when the LM head was replaced,
-        # e.g. by resize_token_embeddings, so the new head is served and the old one not kept alive.
-        head = self.model.get_output_embeddings()
-        if head is not self._linears_of_head:
-            self._linear_forwards = [(m, decode_linear_forward(m)) for m in self.model.modules()
-                                     if type(m) is torch.nn.Linear or is_conv1d(m)]
-            self._linears_of_head = head
-        return self._linear_forwards
+        # The decode forwards of the linear layers: kept per module across steps and calls (the
+        # same function objects: torch.compile guards on them), made for a layer added since the
+        # last call (a replaced projection or LM head, an adapter's nn.Linear), dropped for one
+        # removed (not kept alive).
+        kept = {id(m): (m, f) for m, f in self._linear_forwards}
+        forwards = []
+        for m in self._modules:
+            if type(m) is torch.nn.Linear or is_conv1d(m):
+                old = kept.get(id(m))
+                forwards.append((m, old[1] if old is not None and old[0] is m else decode_linear_forward(m)))
+        self._linear_forwards = forwards
 
     def compile(self) -> None:
         """Run the model's step through `torch.compile` from now on (see `Sampler(compile=True)`)."""
@@ -213,12 +215,32 @@ class HFRunner:
         self._model_step = compile_step(self._model_step)
         self._compiled = True
 
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold the paged mode (and a compiled step's tracing settings) over several steps: a `generate` call.
+
+        Each `forward` otherwise enters and leaves them itself (~0.2 ms a step in a rollout:
+        the attention switch, the linear-layer swap, the compile settings). Nothing may run the
+        model in between except through this runner (a `stream` consumer's code would: it releases
+        them before each yield).
+        """
+        if self._in_session:
+            yield
+            return
+        settings = self._model_step.tracing_settings() if self._compiled else nullcontext()
+        with self._paged_mode(), settings:
+            self._in_session = True
+            try:
+                yield
+            finally:
+                self._in_session = False
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: PagedAttention) -> torch.Tensor:
         """One packed step through the HF model; float32 logits [R, vocab] for `attn.logits_indices`."""
         # The switch stays outside the (possibly compiled) step: it is a side effect on the
         # model's configs that must always be undone, not something to trace.
-        with self._paged_mode():
+        with self.session():
             if self._compiled and self._routing_checked:
                 return self._model_step(input_ids, positions, attn)
             # Eager steps (and a compiled runner's first one) count the layers that attended through

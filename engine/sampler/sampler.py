@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numbers
 import operator
+import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -163,7 +165,7 @@ class Sampler:
         self.block_size = block_size
         self.max_kv_cache_bytes = max_kv_cache_bytes
         self.cache: KVCache | None = None
-        self._busy = False
+        self._busy = threading.Lock()  # held while a call (or an unfinished stream) uses the cache
         self.last_stats = SamplerStats()
         self.total_stats = SamplerStats()
 
@@ -173,7 +175,7 @@ class Sampler:
         """Sample `params.n` completions per prompt; one `SampleGroup` per prompt, in prompt order."""
         prompts, plist = self._check_inputs(prompt_token_ids, params)
         groups = [SampleGroup(i, list(p), [None] * sp.n) for i, (p, sp) in enumerate(zip(prompts, plist))]
-        for s in self._run(prompts, plist):
+        for s in self._run(prompts, plist, hold_between_samples=True):
             groups[s.prompt_index].samples[s.sample_id] = s
         return groups
 
@@ -280,22 +282,36 @@ class Sampler:
         return self.cache
 
     # ----------------------------------------------------------------- the loop
-    def _run(self, prompts: list[list[int]], plist: list[SamplingParams]) -> Iterator[Sample]:
+    def _run(self, prompts: list[list[int]], plist: list[SamplingParams], *,
+             hold_between_samples: bool = False) -> Iterator[Sample]:
         # One KV cache per Sampler: a second call while a stream is unfinished would overwrite
         # the blocks that stream still reads.
-        if self._busy:
-            raise RuntimeError("this Sampler is still running an unfinished stream(); exhaust or close() it "
-                               "first, or use a second Sampler for concurrent generation")
-        self._busy = True
+        # A lock taken without waiting, not a flag: two threads sharing one Sampler must not both get in.
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Sampler is still running an unfinished stream() or a generate() call in "
+                               "another thread; exhaust or close() the stream first, or use a second Sampler "
+                               "for concurrent generation")
         try:
-            yield from self._run_locked(prompts, plist)
+            if isinstance(self.runner, HFRunner):
+                self.runner.refresh()  # modules added since the last call (e.g. adapters) are seen
+            # generate() runs no code of its caller between two samples, so the runner's per-step
+            # state (HFRunner.session: the attention switch, the linear swap, the compile settings)
+            # is held for the whole call; a stream() consumer's code runs at each yield, so there
+            # it is held a step at a time.
+            with self._session() if hold_between_samples else nullcontext():
+                yield from self._run_locked(prompts, plist)
         finally:
-            self._busy = False
+            self._busy.release()
+
+    def _session(self) -> AbstractContextManager[Any]:
+        """What the runner holds over consecutive steps: `HFRunner.session`, or a compiled runner's tracing settings."""
+        if isinstance(self.runner, HFRunner):
+            return self.runner.session()
+        tracing_settings = getattr(self._forward, "tracing_settings", None)  # compile_step's CompiledStep
+        return tracing_settings() if tracing_settings is not None else nullcontext()
 
     def _run_locked(self, prompts: list[list[int]], plist: list[SamplingParams]) -> Iterator[Sample]:
         cache = self._ensure_cache(prompts, plist)
-        if isinstance(self.runner, HFRunner):
-            self.runner.refresh()  # modules added since the last call (e.g. adapters) are seen
         sched = self.ops.Scheduler(cache.num_blocks, self.block_size, self.max_num_seqs, self.max_num_batched_tokens)
         base_seed = None
         # The scheduler forks a group into n running sequences at once, so a group larger than
@@ -327,7 +343,7 @@ class Sampler:
             while sched.has_unfinished():
                 # Inference mode only around the step, never across a `yield`: the caller's code
                 # between two streamed samples (e.g. a training step) must run with autograd.
-                with torch.inference_mode():
+                with torch.inference_mode(), self._session():
                     finished = self._step(sched, cache, stats, temperature, top_k, top_p, min_p,
                                           offsets if split else None)
                 for f in finished:

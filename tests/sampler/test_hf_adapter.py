@@ -80,6 +80,34 @@ def test_training_forward_after_generate_is_unchanged_and_train_mode_restored(ll
     assert torch.equal(grad_a, grad_b)
 
 
+def test_a_linear_layer_put_in_between_calls_runs_the_decode_kernel_and_the_old_one_is_let_go(models_dir):
+    """refresh() at each call sees a replaced projection: the new layer is swapped like the others (bitwise batch-invariant)."""
+    import gc
+    import weakref
+
+    from .tiny_models import build
+
+    model = build("llama", models_dir)
+    sampler = Sampler(model, block_size=4)
+    params = SamplingParams(n=2, max_new_tokens=4, seed=0)
+    sampler.generate([[5, 6, 7]], params)
+    mlp = model.model.layers[0].mlp
+    old = mlp.down_proj
+    new = torch.nn.Linear(old.in_features, old.out_features, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+    mlp.down_proj = new
+    swapped = []
+    new.register_forward_pre_hook(lambda module, args: swapped.append("forward" in module.__dict__))
+    sampler.generate([[5, 6, 7]], params)
+    assert swapped and all(swapped)  # every step ran the layer through the decode kernel
+    assert "forward" not in new.__dict__  # and gave it its own forward back
+    gone = weakref.ref(old)
+    del old
+    gc.collect()
+    assert gone() is None  # the sampler keeps no reference to the replaced layer
+
+
 def test_paged_attention_called_without_metadata_raises(llama):
     from alignkit.engine.sampler.hf_adapter import paged_attention_forward
     q = torch.zeros(1, 4, 3, 16)

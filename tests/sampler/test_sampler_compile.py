@@ -127,7 +127,18 @@ def test_a_compiled_samplers_cache_has_static_inner_sizes_and_a_block_count_that
     small, graphs = sampler.cache.num_blocks, counters["stats"]["unique_graphs"]
     eager = Sampler(sampler.runner.model, block_size=4)
     prompts, params = _prompts([9, 12, 20], seed=2), SamplingParams(n=4, max_new_tokens=10, seed=2)
+    step, held = sampler.runner._model_step, []
+    settings = step.tracing_settings
+
+    def counted():
+        held.append(step._held)  # whether the settings were already held when asked for
+        return settings()
+
+    step.tracing_settings = counted
     got = sampler.generate(prompts, params)
+    # Set up once for the call, then only re-entered (a no-op) at each of its steps.
+    assert held[0] is False and len(held) > 2 and all(held[1:])
+    assert step._held is False  # and let go at its end
     assert sampler.cache.num_blocks > small  # a new cache, sized to the larger workload
     assert counters["stats"]["unique_graphs"] == graphs
     _assert_same_samples(_flat(got), _flat(eager.generate(prompts, params)))

@@ -121,6 +121,54 @@ def test_stream_leaves_autograd_on_between_samples_and_guards_its_cache(llama):
     assert len(first.token_ids) >= 1
 
 
+def test_generate_switches_the_model_once_a_call_and_stream_once_a_step(llama, monkeypatch):
+    """generate() runs none of its caller's code between steps, so the paged mode is held for the call; a stream lets it go at every step."""
+    from alignkit.engine.sampler.hf_adapter import HFRunner
+
+    entries = []
+    switch = HFRunner._paged_mode
+
+    def counted(self):
+        entries.append(llama.config._attn_implementation)  # what the model had when the switch began
+        return switch(self)
+
+    monkeypatch.setattr(HFRunner, "_paged_mode", counted)
+    sampler = Sampler(llama, block_size=4)
+    held = _flat(sampler.generate(_prompts(), PARAMS))
+    assert len(entries) == 1 and sampler.last_stats.steps > 1
+    entries.clear()
+    streamed = []
+    for s in sampler.stream(_prompts(), PARAMS):
+        assert llama.config._attn_implementation != "alignkit_paged"  # let go before each yield
+        streamed.append(s)
+    assert len(entries) == sampler.last_stats.steps
+    assert "alignkit_paged" not in entries  # never entered while already switched
+    assert sorted(held) == sorted((s.prompt_index, s.sample_id, s.token_ids, s.logprobs, s.finish_reason) for s in streamed)
+
+
+def test_a_step_failing_mid_generate_restores_the_model_and_the_next_call_runs(llama, monkeypatch):
+    from alignkit.engine.sampler.hf_adapter import HFRunner
+
+    sampler = Sampler(llama, block_size=4)
+    want = _flat(sampler.generate(_prompts(), PARAMS))
+    step, calls = HFRunner._model_step, []
+
+    def failing(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of a rollout
+        return step(self, *args)
+
+    monkeypatch.setattr(HFRunner, "_model_step", failing)
+    impl = llama.config._attn_implementation
+    with pytest.raises(KeyboardInterrupt):
+        sampler.generate(_prompts(), PARAMS)
+    assert llama.config._attn_implementation == impl and impl != "alignkit_paged"
+    assert not any("forward" in m.__dict__ for m in llama.modules())  # the linear layers are their own again
+    assert not sampler.runner._in_session
+    assert _flat(sampler.generate(_prompts(), PARAMS)) == want  # the cache and the lock were let go
+
+
 def test_a_prompts_samples_depend_on_its_index_in_the_call_not_on_the_other_prompts(llama):
     # The draws are keyed by (seed, prompt index in the call, sample id, position): the other
     # prompts of the call never change them, while two prompts of one call never share draws.
