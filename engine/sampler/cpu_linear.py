@@ -19,8 +19,9 @@ rollout of the benchmark's workload runs at 0.93-0.97x the tokens/s it has with 
 
 The swap is active only inside a sampler forward (a `generate` call holds it over all its
 steps), like the attention switch: training forwards use the module's own forward, and a forward
-that needs gradients falls back to `F.linear` (Conv1D: its own `addmm`). It reads the module's parameters at call time (no copy, no packed cache), so a
-training step is visible to the next sampler step. Inside `torch.compile` each layer is one call of
+that needs gradients falls back to `F.linear` (Conv1D: its own `addmm`). It reads the module's
+parameters at call time (no copy, no packed cache), so a training step is visible to the next
+sampler step. Inside `torch.compile` each layer is one call of
 the op `alignkit::cpu_linear` (Conv1D: `alignkit::cpu_linear_kn`), and layers that read the same
 input are then grouped into one `alignkit::cpu_linear_group` call (linear_grouping.py).
 """

@@ -199,14 +199,11 @@ class HFRunner:
         # The decode forwards of the linear layers: kept per module across steps and calls (the
         # same function objects: torch.compile guards on them), made for a layer added since the
         # last call (a replaced projection or LM head, an adapter's nn.Linear), dropped for one
-        # removed (not kept alive).
-        kept = {id(m): (m, f) for m, f in self._linear_forwards}
-        forwards = []
-        for m in self._modules:
-            if type(m) is torch.nn.Linear or is_conv1d(m):
-                old = kept.get(id(m))
-                forwards.append((m, old[1] if old is not None and old[0] is m else decode_linear_forward(m)))
-        self._linear_forwards = forwards
+        # removed (not kept alive). By id: the old list holds its layers until it is replaced, so
+        # no new layer can have an old one's id.
+        kept = {id(m): f for m, f in self._linear_forwards}
+        self._linear_forwards = [(m, kept.get(id(m)) or decode_linear_forward(m)) for m in self._modules
+                                 if type(m) is torch.nn.Linear or is_conv1d(m)]
 
     def compile(self) -> None:
         """Run the model's step through `torch.compile` from now on (see `Sampler(compile=True)`)."""

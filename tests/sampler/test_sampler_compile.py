@@ -120,7 +120,7 @@ def test_warmed_up_graphs_serve_other_batch_sizes_without_compiling(models_dir):
 
 
 def test_a_compiled_samplers_cache_has_static_inner_sizes_and_a_block_count_that_may_grow(models_dir):
-    """Block size, KV heads and head dim are constants of the graphs; a larger cache for a larger workload compiles nothing."""
+    """Block size, KV heads and head dim are graph constants; a larger cache for a larger workload compiles nothing."""
     sampler = Sampler(build("llama", models_dir), block_size=4, compile=True)
     sampler.generate(_prompts([5, 7]), SamplingParams(n=1, max_new_tokens=6, seed=0))
     sampler.generate(_prompts([6]), SamplingParams(n=1, max_new_tokens=6, seed=0))

@@ -122,7 +122,7 @@ def test_stream_leaves_autograd_on_between_samples_and_guards_its_cache(llama):
 
 
 def test_generate_switches_the_model_once_a_call_and_stream_once_a_step(llama, monkeypatch):
-    """generate() runs none of its caller's code between steps, so the paged mode is held for the call; a stream lets it go at every step."""
+    """generate() runs no caller code between steps, so it holds the paged mode; a stream lets go at every step."""
     from alignkit.engine.sampler.hf_adapter import HFRunner
 
     entries = []
@@ -143,7 +143,8 @@ def test_generate_switches_the_model_once_a_call_and_stream_once_a_step(llama, m
         streamed.append(s)
     assert len(entries) == sampler.last_stats.steps
     assert "alignkit_paged" not in entries  # never entered while already switched
-    assert sorted(held) == sorted((s.prompt_index, s.sample_id, s.token_ids, s.logprobs, s.finish_reason) for s in streamed)
+    assert sorted(held) == sorted((s.prompt_index, s.sample_id, s.token_ids, s.logprobs, s.finish_reason)
+                                  for s in streamed)
 
 
 def test_a_step_failing_mid_generate_restores_the_model_and_the_next_call_runs(llama, monkeypatch):
